@@ -11,6 +11,7 @@ This module imports nothing from Django models, so it is safe to import from ``s
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 PREFIX = "LDAP_SYNC_"
@@ -35,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "REQUIRE_TLS": False,
     "NETWORK_TIMEOUT": 5.0,
     "OPERATION_TIMEOUT": 60.0,
+    "RANGE_SIZE": None,  # request member values in explicit ranges of this size (AD: 1500)
     # Users (seed)
     "USER": True,
     "USER_INCREMENTAL": True,
@@ -114,7 +116,8 @@ class SyncSettings:
                     return getattr(settings, old)
             if name in INHERITS:
                 return getattr(self, INHERITS[name])
-            return DEFAULTS[name]
+            # A copy: a caller appending to a default list must not change it for everyone.
+            return copy.deepcopy(DEFAULTS[name])
         if value is None and name in INHERITS:
             return getattr(self, INHERITS[name])
         return value

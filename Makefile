@@ -1,0 +1,44 @@
+# adldap-auth: `make demo` and `make test` work on a fresh Debian machine (as root, or with
+# the Debian packages of .ci/install-system-deps already installed).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-sqlite test-postgres lint deps venv bench docs clean
+
+deps:
+	sh .ci/install-system-deps
+
+$(VENV)/.installed: setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,celery]"
+	touch $@
+
+venv: deps $(VENV)/.installed
+
+test: venv lint test-sqlite test-postgres
+
+test-sqlite: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# PostgreSQL at 127.0.0.1:5432 (database "test", trust auth). CI always has it; elsewhere the
+# pass runs when the server answers.
+test-postgres: venv
+	@if $(PY) -c "import psycopg; psycopg.connect('host=127.0.0.1 port=5432 dbname=test user=postgres', connect_timeout=3).close()" 2>/dev/null; then \
+		ADLDAP_TEST_DB=postgres $(PY) -m pytest $(PYTEST_ARGS); \
+	elif [ -n "$$CI" ]; then echo "PostgreSQL at 127.0.0.1:5432 is required in CI" >&2; exit 1; \
+	else echo "PostgreSQL at 127.0.0.1:5432 not reachable: the PostgreSQL pass is not run"; fi
+
+lint: venv
+	$(VENV)/bin/ruff check adldap_auth tests example_site benchmarks
+
+demo: venv
+	$(PY) -m example_site.demo
+
+bench: venv
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .lab-cache .pytest_cache demo-data

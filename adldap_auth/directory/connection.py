@@ -1,0 +1,349 @@
+"""One session with one directory server, chosen from a failover list.
+
+A :class:`DirectorySession` owns a bound python-ldap connection. It sets every timeout (a dead
+or silent server costs seconds, not minutes), turns referral chasing off, verifies TLS
+certificates against the configured CA, streams paged searches, and fetches AD's ranged
+attribute values (``member;range=0-1499``) so callers always see whole values.
+
+Every way a search can return less than its scope (size or time limit, dropped connection,
+timeout) raises :class:`IncompleteRead`; nothing here ever returns a silently shortened result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import ldap
+from ldap.controls import SimplePagedResultsControl
+from ldap.ldapobject import LDAPObject
+
+from . import DirectoryError, DirectoryTLSError, DirectoryUnavailable, Entry, IncompleteRead
+from .decoding import guid_to_str
+
+logger = logging.getLogger("adldap_auth.directory")
+
+#: supportedCapabilities value announced by Active Directory (and Samba AD).
+AD_CAPABILITY_OID = "1.2.840.113556.1.4.800"
+
+_RANGE_RE = re.compile(r"^(?P<name>[^;]+);range=(?P<start>\d+)-(?P<end>\d+|\*)$", re.IGNORECASE)
+
+#: Errors after which the next URI is tried.
+_FAILOVER_ERRORS = (ldap.SERVER_DOWN, ldap.TIMEOUT, ldap.CONNECT_ERROR, ldap.UNAVAILABLE, ldap.BUSY)
+#: Errors that mean a search did not see its whole scope.
+_INCOMPLETE_ERRORS = (
+    ldap.SIZELIMIT_EXCEEDED,
+    ldap.TIMELIMIT_EXCEEDED,
+    ldap.ADMINLIMIT_EXCEEDED,
+    ldap.SERVER_DOWN,
+    ldap.TIMEOUT,
+    ldap.CONNECT_ERROR,
+    ldap.UNAVAILABLE,
+    ldap.BUSY,
+    ldap.REFERRAL,
+)
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """Everything needed to reach and bind to the directory. The password is never printed."""
+
+    uris: tuple[str, ...]
+    bind_dn: str
+    bind_password: str = field(repr=False)
+    start_tls: bool = False
+    ca_file: str | None = None
+    require_cert: bool = True
+    network_timeout: float = 5.0
+    operation_timeout: float = 60.0
+    page_size: int = 200
+    #: When set, multi-valued attributes named in ``ranged`` searches are requested in explicit
+    #: ranges of this size (Windows AD does this by itself above MaxValRange=1500; Samba only
+    #: when asked, which is how tests exercise the code path).
+    range_size: int | None = None
+
+
+@dataclass(frozen=True)
+class RootDSE:
+    """What the server says about itself before a run's searches."""
+
+    is_ad: bool
+    naming_context: str | None
+    highest_committed_usn: int | None
+    ds_service_name: str | None
+    invocation_id: str | None
+    current_time: str | None
+    vendor: str | None
+
+
+def _error_text(error: ldap.LDAPError) -> str:
+    """A one-line description of a python-ldap error, without any credentials."""
+    details = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
+    desc = details.get("desc") or type(error).__name__
+    info = details.get("info")
+    return f"{desc} ({info})" if info else str(desc)
+
+
+def _is_tls_failure(error: ldap.LDAPError) -> bool:
+    text = _error_text(error).lower()
+    return any(word in text for word in ("certificate", "tls", "ssl", "handshake"))
+
+
+class DirectorySession:
+    """A bound connection to the first answering server of ``config.uris``.
+
+    Use :meth:`open`; ``session.uri`` says which server answered, because incremental markers
+    belong to one server. ``search_count`` counts the searches sent, for run records and tests.
+    """
+
+    def __init__(self, connection: LDAPObject, uri: str, config: ConnectionConfig):
+        self.connection = connection
+        self.uri = uri
+        self.config = config
+        self.search_count = 0
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: ConnectionConfig) -> DirectorySession:
+        """Connect and bind to the first URI that answers; raise if none does."""
+        if not config.uris:
+            raise DirectoryUnavailable("no directory URI configured")
+        failures: list[str] = []
+        tls_failed = False
+        for uri in config.uris:
+            try:
+                connection = cls._connect(uri, config)
+            except ldap.INVALID_CREDENTIALS as error:
+                # The same account fails on every server: stop before it gets locked out.
+                raise DirectoryError(
+                    f"bind as {config.bind_dn!r} refused by {uri}: invalid credentials"
+                ) from _scrubbed(error)
+            except _FAILOVER_ERRORS as error:
+                tls_failed = tls_failed or _is_tls_failure(error)
+                failures.append(f"{uri}: {_error_text(error)}")
+                logger.warning("directory server %s unavailable: %s", uri, _error_text(error))
+                continue
+            except ldap.LDAPError as error:
+                raise DirectoryError(f"{uri}: {_error_text(error)}") from _scrubbed(error)
+            logger.debug("bound to %s as %s", uri, config.bind_dn)
+            return cls(connection, uri, config)
+        message = "no directory server answered: " + "; ".join(failures)
+        if tls_failed:
+            raise DirectoryTLSError(message)
+        raise DirectoryUnavailable(message)
+
+    @staticmethod
+    def _connect(uri: str, config: ConnectionConfig) -> LDAPObject:
+        connection = ldap.initialize(uri, bytes_mode=False)
+        connection.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
+        connection.set_option(ldap.OPT_REFERRALS, 0)
+        connection.set_option(ldap.OPT_NETWORK_TIMEOUT, config.network_timeout)
+        connection.set_option(ldap.OPT_TIMEOUT, config.operation_timeout)
+        uses_tls = urlsplit(uri).scheme.lower() == "ldaps" or config.start_tls
+        if uses_tls:
+            if config.ca_file:
+                connection.set_option(ldap.OPT_X_TLS_CACERTFILE, config.ca_file)
+            connection.set_option(
+                ldap.OPT_X_TLS_REQUIRE_CERT,
+                ldap.OPT_X_TLS_DEMAND if config.require_cert else ldap.OPT_X_TLS_NEVER,
+            )
+            # Options above apply only to a new TLS context; this must come last.
+            connection.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
+        if config.start_tls and urlsplit(uri).scheme.lower() == "ldap":
+            connection.start_tls_s()
+        # An asynchronous bind bounded by the network timeout: a server that accepts TCP but
+        # never answers must not hold the run for the (longer) operation timeout.
+        msgid = connection.simple_bind(config.bind_dn, config.bind_password)
+        try:
+            connection.result(msgid, all=1, timeout=config.network_timeout)
+        except ldap.TIMEOUT:
+            connection.abandon(msgid)
+            raise
+        return connection
+
+    def close(self) -> None:
+        with contextlib.suppress(ldap.LDAPError):
+            self.connection.unbind_s()
+
+    def __enter__(self) -> DirectorySession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- searching -------------------------------------------------------------------------
+
+    def root_dse(self) -> RootDSE:
+        """Read the rootDSE, and on AD the DC's invocationId (restores change it)."""
+        entry = self.read_entry(
+            "",
+            [
+                "defaultNamingContext",
+                "namingContexts",
+                "highestCommittedUSN",
+                "dsServiceName",
+                "supportedCapabilities",
+                "currentTime",
+                "vendorName",
+            ],
+        )
+        if entry is None:
+            raise DirectoryError(f"{self.uri}: the rootDSE is not readable")
+        capabilities = {v.decode() for v in entry.attrs.get("supportedcapabilities", [])}
+        is_ad = AD_CAPABILITY_OID in capabilities
+        usn = entry.text("highestCommittedUSN")
+        service = entry.text("dsServiceName")
+        invocation_id = None
+        if is_ad and service:
+            server = self.read_entry(service, ["invocationId"])
+            raw = server.first("invocationId") if server else None
+            invocation_id = guid_to_str(raw) if raw else None
+        return RootDSE(
+            is_ad=is_ad,
+            naming_context=entry.text("defaultNamingContext") or entry.text("namingContexts"),
+            highest_committed_usn=int(usn) if usn else None,
+            ds_service_name=service,
+            invocation_id=invocation_id,
+            current_time=entry.text("currentTime"),
+            vendor=entry.text("vendorName"),
+        )
+
+    def read_entry(self, dn: str, attrlist: Iterable[str]) -> Entry | None:
+        """A base-scope read of one entry; None when it does not exist."""
+        try:
+            results = self._search_all(dn, ldap.SCOPE_BASE, "(objectClass=*)", list(attrlist))
+        except ldap.NO_SUCH_OBJECT:
+            return None
+        for result_dn, attrs in results:
+            if result_dn is not None:
+                return self._complete_ranges(_entry(result_dn, attrs))
+        return None
+
+    def search(
+        self,
+        base: str,
+        filterstr: str,
+        attrlist: Iterable[str],
+        scope: int = ldap.SCOPE_SUBTREE,
+        ranged: Iterable[str] = (),
+    ) -> Iterator[Entry]:
+        """Every entry under ``base`` matching ``filterstr``, a page at a time.
+
+        ``ranged`` names multi-valued attributes that may come back in ranges; each entry is
+        yielded with their values complete. Raises :class:`IncompleteRead` when the server
+        stops early for any reason.
+        """
+        requested = self._request_attrs(attrlist, ranged)
+        page = SimplePagedResultsControl(True, size=self.config.page_size, cookie=b"")
+        while True:
+            try:
+                self.search_count += 1
+                msgid = self.connection.search_ext(
+                    base, scope, filterstr, requested, serverctrls=[page]
+                )
+                _type, data, _msgid, controls = self.connection.result3(
+                    msgid, all=1, timeout=self.config.operation_timeout
+                )
+            except ldap.NO_SUCH_OBJECT:
+                raise IncompleteRead(f"{self.uri}: search base {base!r} does not exist") from None
+            except _INCOMPLETE_ERRORS as error:
+                raise IncompleteRead(
+                    f"{self.uri}: search of {base!r} stopped early: {_error_text(error)}"
+                ) from _scrubbed(error)
+            except ldap.LDAPError as error:
+                raise DirectoryError(
+                    f"{self.uri}: search of {base!r} failed: {_error_text(error)}"
+                ) from _scrubbed(error)
+            for dn, attrs in data:
+                if dn is None:  # a search continuation reference: referrals are not chased
+                    continue
+                yield self._complete_ranges(_entry(dn, attrs))
+            cookie = _page_cookie(controls)
+            if not cookie:
+                return
+            page.cookie = cookie
+
+    def _search_all(self, base: str, scope: int, filterstr: str, attrlist: list[str]) -> list:
+        self.search_count += 1
+        try:
+            msgid = self.connection.search_ext(base, scope, filterstr, attrlist)
+            return self.connection.result3(msgid, all=1, timeout=self.config.operation_timeout)[1]
+        except ldap.NO_SUCH_OBJECT:
+            raise
+        except _INCOMPLETE_ERRORS as error:
+            raise IncompleteRead(
+                f"{self.uri}: read of {base!r} failed: {_error_text(error)}"
+            ) from _scrubbed(error)
+        except ldap.LDAPError as error:
+            raise DirectoryError(f"{self.uri}: read of {base!r} failed: {_error_text(error)}") from (
+                _scrubbed(error)
+            )
+
+    def _request_attrs(self, attrlist: Iterable[str], ranged: Iterable[str]) -> list[str]:
+        names = list(dict.fromkeys(attrlist))
+        if self.config.range_size:
+            lowered = {name.lower() for name in ranged}
+            names = [
+                f"{name};range=0-{self.config.range_size - 1}" if name.lower() in lowered else name
+                for name in names
+            ]
+        return names
+
+    def _complete_ranges(self, entry: Entry) -> Entry:
+        """Fetch the rest of every attribute the server returned as ``name;range=a-b``."""
+        partial = {
+            key: match
+            for key in entry.attrs
+            if ";" in key and (match := _RANGE_RE.match(key)) is not None
+        }
+        if not partial:
+            return entry
+        attrs = {key: values for key, values in entry.attrs.items() if key not in partial}
+        for key, match in partial.items():
+            name = match["name"].lower()
+            values = list(entry.attrs[key])
+            end = match["end"]
+            while end != "*":
+                next_start = int(end) + 1
+                more = self._read_range(entry.dn, name, next_start)
+                if more is None:
+                    raise IncompleteRead(
+                        f"{self.uri}: ranged read of {name} on {entry.dn!r} returned nothing"
+                    )
+                chunk, end = more
+                values.extend(chunk)
+            attrs[name] = attrs.get(name, []) + values
+        return Entry(entry.dn, attrs)
+
+    def _read_range(self, dn: str, name: str, start: int) -> tuple[list[bytes], str] | None:
+        results = self._search_all(dn, ldap.SCOPE_BASE, "(objectClass=*)", [f"{name};range={start}-*"])
+        for result_dn, attrs in results:
+            if result_dn is None:
+                continue
+            for key, values in attrs.items():
+                match = _RANGE_RE.match(key)
+                if match and match["name"].lower() == name:
+                    return list(values), match["end"]
+            return [], "*"  # the attribute has no values past ``start``
+        return None
+
+
+def _entry(dn: str, attrs: dict[str, list[bytes]]) -> Entry:
+    return Entry(dn, {key.lower(): values for key, values in attrs.items()})
+
+
+def _page_cookie(controls: list) -> bytes | None:
+    for control in controls or ():
+        if control.controlType == SimplePagedResultsControl.controlType:
+            return control.cookie
+    return None
+
+
+def _scrubbed(error: ldap.LDAPError) -> DirectoryError:
+    """A chained cause that keeps the server's words but none of python-ldap's call arguments."""
+    return DirectoryError(_error_text(error))

@@ -1,0 +1,175 @@
+"""``manage.py syncldap [full|incremental]``: parse arguments, run the sync, print the summary.
+
+Exit status: 0 the run succeeded (or completed with per-entry problems: status "partial");
+1 the run failed (recorded as failed); 2 wrong arguments; 3 another run holds the lock
+(nothing was done or recorded).
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from adldap_auth.conf import sync_settings
+from adldap_auth.history import sync_status
+from adldap_auth.locking import LockHeld
+from adldap_auth.sync import SyncOptions, SyncResult, run_sync
+
+#: Exit status when another run holds the lock.
+EXIT_LOCKED = 3
+
+
+class Command(BaseCommand):
+    help = (
+        "Synchronise users, groups and memberships from the directory (LDAP_SYNC_* settings). "
+        "One run at a time across hosts: a run started while another holds the lock exits at "
+        "once. Exit status: 0 success (also 'partial': completed with per-entry problems), "
+        "1 failed, 2 wrong arguments, 3 another sync is running (nothing done or recorded). "
+        "--status prints the last runs, the incremental marker of each server and the lock."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "mode",
+            nargs="?",
+            choices=["full", "incremental"],
+            help="full: read everything; incremental: only what changed. Default: by settings.",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Print the planned changes; write nothing."
+        )
+        parser.add_argument(
+            "--force-removals",
+            action="store_true",
+            help="Apply removals even above LDAP_SYNC_REMOVAL_THRESHOLD (this run only).",
+        )
+        parser.add_argument("--json", action="store_true", help="Print the summary as JSON.")
+        parser.add_argument(
+            "--status",
+            action="store_true",
+            help="Print the last runs, the incremental marker per server and the lock; sync nothing.",
+        )
+        parser.add_argument(
+            "--last",
+            type=int,
+            default=10,
+            metavar="N",
+            help="With --status: how many runs to list (default 10).",
+        )
+
+    def handle(self, *args, **options) -> None:
+        if options["status"]:
+            if options["mode"] or options["dry_run"] or options["force_removals"]:
+                raise CommandError("--status takes no mode, --dry-run or --force-removals")
+            self._print_status(options["last"], options["json"])
+            return
+        show_progress = (
+            sync_settings.USER_SHOW_PROGRESS
+            and not options["json"]
+            and options["verbosity"] >= 1
+            and self.stderr.isatty()
+        )
+        try:
+            result = run_sync(
+                SyncOptions(
+                    mode=options["mode"],
+                    dry_run=options["dry_run"],
+                    force_removals=options["force_removals"],
+                    progress=self._progress if show_progress else None,
+                )
+            )
+        except LockHeld as held:
+            raise CommandError(f"{held}; nothing was done", returncode=EXIT_LOCKED) from None
+        if show_progress:
+            self.stderr.write("")
+        if options["json"]:
+            self.stdout.write(json.dumps(result.as_dict(), indent=2))
+        else:
+            self._print_summary(result, options["verbosity"])
+        if not result.ok:
+            raise CommandError(f"sync failed: {result.error}", returncode=1)
+
+    def _progress(self, phase: str, count: int) -> None:
+        self.stderr.write(f"\r{phase}: {count:,} read", ending="")
+        self.stderr.flush()
+
+    def _print_summary(self, result: SyncResult, verbosity: int) -> None:
+        if verbosity == 0:
+            return
+        title = f"{result.mode} sync{' (dry run)' if result.dry_run else ''}"
+        self.stdout.write(f"{title} from {result.server or '-'}: {result.status}")
+        rows = [
+            ("users", "users_seen", "users_created", "users_updated", "users_removed"),
+            ("groups", "groups_seen", "groups_created", "groups_updated", "groups_removed"),
+            ("memberships", None, "memberships_added", None, "memberships_removed"),
+        ]
+        self.stdout.write(f"{'':<12}{'seen':>9}{'created':>9}{'updated':>9}{'removed':>9}")
+        for label, *keys in rows:
+            cells = "".join(
+                f"{result.counts.get(key, 0) if key else '':>9}" for key in keys
+            )
+            self.stdout.write(f"{label:<12}{cells}")
+        extra = {
+            k: v
+            for k, v in sorted(result.counts.items())
+            if v and not any(k in keys for _label, *keys in rows)
+        }
+        if extra:
+            self.stdout.write("also: " + ", ".join(f"{k}={v}" for k, v in extra.items()))
+        self.stdout.write(
+            f"{result.ldap_searches} LDAP searches, {result.seconds:.2f} s, run #{result.run_id}"
+        )
+        if result.changes and (result.dry_run or verbosity >= 2):
+            self.stdout.write("changes:")
+            for line in result.changes:
+                self.stdout.write(f"  {line}")
+        if result.problems and verbosity >= 1:
+            self.stdout.write(f"problems ({len(result.problems)} shown):")
+            for line in result.problems:
+                self.stdout.write(f"  {line}")
+
+    def _print_status(self, limit: int, as_json: bool) -> None:
+        status = sync_status(limit)
+        if as_json:
+            self.stdout.write(json.dumps(status, indent=2))
+            return
+        lock = status["lock"]
+        if lock["held"]:
+            self.stdout.write(
+                f"lock: held since {lock['since'] or '?'} by {lock['owner'] or 'unknown'} "
+                f"(last heartbeat {lock['heartbeat'] or '?'})"
+            )
+        else:
+            self.stdout.write("lock: free")
+        self.stdout.write("")
+        self.stdout.write(f"last {len(status['runs'])} runs:")
+        if not status["runs"]:
+            self.stdout.write("  (none)")
+        for run in status["runs"]:
+            seconds = f"{run['seconds']:.1f} s" if run["seconds"] is not None else "-"
+            state = "interrupted" if run["interrupted"] else run["status"]
+            counts = run["counts"]
+            self.stdout.write(
+                f"  #{run['id']} {run['started_at']} {run['mode']}"
+                f"{' (dry run)' if run['dry_run'] else ''} {run['server'] or '-'}: {state}, "
+                f"{seconds}, users +{counts.get('users_created', 0)} "
+                f"~{counts.get('users_updated', 0)} -{counts.get('users_removed', 0)}, "
+                f"errors {counts.get('errors', 0)}"
+            )
+            if run["error"]:
+                self.stdout.write(f"      error: {run['error']}")
+        self.stdout.write("")
+        self.stdout.write("incremental markers:")
+        if not status["markers"]:
+            self.stdout.write("  (none: the next run is full)")
+        for marker in status["markers"]:
+            position = (
+                f"USN {marker['highest_usn']} (invocationId {marker['invocation_id']})"
+                if marker["highest_usn"] is not None
+                else f"timestamp {marker['timestamp'] or '-'}"
+            )
+            self.stdout.write(
+                f"  {marker['server']}: {position}, {marker['incrementals_since_full']} "
+                f"incrementals since the last full run, updated {marker['updated_at']}"
+            )

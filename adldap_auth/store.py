@@ -1,0 +1,555 @@
+"""Writing mapped records to the database: diff first, then bulk writes, one transaction a batch.
+
+The store knows nothing of LDAP. It receives :class:`~adldap_auth.mapping.UserRecord` and
+:class:`~adldap_auth.mapping.GroupRecord` objects, compares them with what the database holds,
+and writes only what differs, so a run over an unchanged directory issues no write at all.
+
+A batch that fails on a database constraint is rolled back and retried entry by entry, each in
+its own savepoint, so one bad row is reported and skipped while the rest of the batch lands.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.apps import apps
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
+from django.contrib.auth.models import Group
+from django.core.files.base import ContentFile
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+from . import signals
+from .mapping import GroupRecord, MappingConfig, UserRecord, photo_digest, photo_filename
+from .models import DirectoryGroup, DirectoryUser
+
+logger = logging.getLogger("adldap_auth.sync")
+
+#: How many problems a run keeps in its record (all are logged).
+MAX_PROBLEMS = 200
+
+
+@dataclass
+class RunReport:
+    """Counts, problems and (optionally) the list of planned/made changes of one run."""
+
+    counts: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+    changes: list[str] | None = None  # collected only when asked (dry runs, tests)
+
+    def problem(self, message: str, *args: Any) -> None:
+        text = message % args if args else message
+        logger.warning("%s", text)
+        self.counts["errors"] += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+
+    def warning(self, message: str, *args: Any) -> None:
+        """A problem that did not stop an entry from syncing (truncated value, bad photo)."""
+        text = message % args if args else message
+        logger.warning("%s", text)
+        self.counts["warnings"] += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+
+    def change(self, text: str) -> None:
+        if self.changes is not None:
+            self.changes.append(text)
+
+
+@dataclass
+class UserOutcome:
+    """What happened to one user record in a batch."""
+
+    record: UserRecord
+    user: Any | None = None  # the Django user (None when skipped or not created in a dry run)
+    created: bool = False
+    updated: bool = False
+
+
+class Store:
+    """Applies records to the database for one run (batch sync) or one login.
+
+    ``dry_run`` computes and reports every change but writes nothing.
+    """
+
+    def __init__(
+        self,
+        config: MappingConfig,
+        report: RunReport,
+        *,
+        server: str = "",
+        dry_run: bool = False,
+        set_unusable_password: bool = True,
+        user_callbacks: Sequence[Callable] = (),
+        now: datetime | None = None,
+    ):
+        self.config = config
+        self.report = report
+        self.server = server
+        self.dry_run = dry_run
+        self.set_unusable_password = set_unusable_password
+        self.user_callbacks = list(user_callbacks)
+        self.now = now or timezone.now()
+        self.User = get_user_model()
+        self.username_field = config.username_field
+        self.profile_models = [(spec, apps.get_model(spec.label)) for spec in config.profiles]
+        #: username (lower-case) -> guid of the entry that claimed it in this run
+        self._claimed_usernames: dict[str, str] = {}
+
+    # -- groups ------------------------------------------------------------------------------
+
+    def sync_groups(self, records: Iterable[GroupRecord]) -> dict[str, int]:
+        """Create, rename and link groups; return guid -> Django group id for every record."""
+        records = list(records)
+        links = {
+            link.guid: link
+            for link in DirectoryGroup.objects.select_related("group").filter(
+                guid__in=[r.guid for r in records]
+            )
+        }
+        by_name = {
+            group.name: group
+            for group in Group.objects.filter(
+                name__in=[r.name for r in records if r.guid not in links]
+            )
+        }
+        ids: dict[str, int] = {}
+        seen_names: set[str] = set()
+        with transaction.atomic():
+            for record in records:
+                if record.name in seen_names:
+                    self.report.problem(
+                        "group %s skipped: another directory group is also named %r",
+                        record.dn,
+                        record.name,
+                    )
+                    continue
+                seen_names.add(record.name)
+                group_id = self._sync_group(record, links.get(record.guid), by_name)
+                if group_id is not None:
+                    ids[record.guid] = group_id
+        return ids
+
+    def _sync_group(
+        self, record: GroupRecord, link: DirectoryGroup | None, by_name: dict[str, Group]
+    ) -> int | None:
+        fields = dict(record.fields)
+        fields["name"] = record.name
+        if link is not None:
+            group = link.group
+            changed = [f for f, v in fields.items() if getattr(group, f) != v]
+            link_changed = (
+                link.dn != record.dn
+                or link.removed_at is not None
+                or link.object_sid != (record.object_sid or "")
+            )
+            if (
+                "name" in changed
+                and Group.objects.filter(name=record.name).exclude(pk=group.pk).exists()
+            ):
+                self.report.problem(
+                    "group %s not renamed to %r: a Django group has that name", record.dn, record.name
+                )
+                changed = [f for f in changed if f != "name"]
+            if changed or link_changed:
+                self.report.counts["groups_updated"] += 1
+                self.report.change(f"update group {record.name!r}")
+                if not self.dry_run:
+                    for name in changed:
+                        setattr(group, name, fields[name])
+                    if changed:
+                        group.save(update_fields=changed)
+                    link.dn, link.removed_at = record.dn, None
+                    link.object_sid = record.object_sid or ""
+                    link.last_changed = self.now
+                    link.save(update_fields=["dn", "removed_at", "object_sid", "last_changed"])
+                    signals.group_synced.send(Store, group=group, created=False)
+            return group.pk
+        group = by_name.get(record.name)
+        created = group is None
+        self.report.counts["groups_created" if created else "groups_adopted"] += 1
+        self.report.change(f"{'create' if created else 'adopt'} group {record.name!r}")
+        if self.dry_run:
+            return group.pk if group else None
+        if group is None:
+            group = Group.objects.create(**fields)
+        DirectoryGroup.objects.create(
+            group=group,
+            guid=record.guid,
+            dn=record.dn,
+            object_sid=record.object_sid or "",
+            last_changed=self.now,
+        )
+        signals.group_synced.send(Store, group=group, created=created)
+        return group.pk
+
+    def ensure_plain_groups(self, names: Iterable[str], create: bool) -> dict[str, int]:
+        """Django groups by name (for LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT), created if asked."""
+        names = list(dict.fromkeys(names))
+        found = dict(Group.objects.filter(name__in=names).values_list("name", "pk"))
+        for name in names:
+            if name in found:
+                continue
+            if not create:
+                self.report.problem("default group %r does not exist and is not created", name)
+                continue
+            self.report.counts["groups_created"] += 1
+            self.report.change(f"create group {name!r}")
+            if not self.dry_run:
+                found[name] = Group.objects.create(name=name).pk
+        return found
+
+    # -- users -------------------------------------------------------------------------------
+
+    def sync_users(self, records: Sequence[UserRecord]) -> list[UserOutcome]:
+        """Create, update, adopt and link a batch of users, with their profiles and photos.
+
+        Disabled entries are updated if already known but never created. Returns one outcome
+        per record that was not skipped.
+        """
+        records = self._drop_duplicate_usernames(records)
+        try:
+            with transaction.atomic():
+                outcomes = self._sync_user_batch(records)
+        except (IntegrityError, DatabaseError) as error:
+            if len(records) == 1:
+                self.report.problem("user %s not written: %s", records[0].dn, error)
+                return []
+            logger.warning("batch of %d users failed (%s); retrying one by one", len(records), error)
+            outcomes = []
+            for record in records:
+                outcomes.extend(self.sync_users([record]))
+            return outcomes
+        self._after_commit(outcomes)
+        return outcomes
+
+    def _drop_duplicate_usernames(self, records: Sequence[UserRecord]) -> list[UserRecord]:
+        kept = []
+        for record in records:
+            key = record.username.lower()
+            owner = self._claimed_usernames.setdefault(key, record.guid)
+            if owner != record.guid:
+                self.report.problem(
+                    "user %s skipped: username %r is already used by another directory entry",
+                    record.dn,
+                    record.username,
+                )
+                self.report.counts["users_skipped"] += 1
+                continue
+            kept.append(record)
+        return kept
+
+    def _sync_user_batch(self, records: Sequence[UserRecord]) -> list[UserOutcome]:
+        links = {
+            link.guid: link
+            for link in DirectoryUser.objects.select_related("user").filter(
+                guid__in=[r.guid for r in records]
+            )
+        }
+        unlinked = [r for r in records if r.guid not in links]
+        adoptable = self._users_by_lower_username([r.username for r in unlinked])
+        outcomes: list[UserOutcome] = []
+        to_create: list[tuple[UserRecord, Any]] = []
+        to_update: dict[str, list[Any]] = {}
+        links_to_update: list[DirectoryUser] = []
+        for record in records:
+            link = links.get(record.guid)
+            user = link.user if link else adoptable.get(record.username.lower())
+            if user is None:
+                if record.disabled:
+                    self.report.counts["users_skipped_disabled"] += 1
+                    continue
+                user = self.User(**record.fields)
+                if self.set_unusable_password:
+                    user.password = make_password(None)
+                to_create.append((record, user))
+                outcomes.append(UserOutcome(record, user, created=True))
+                self.report.change(f"create user {record.username!r}")
+                continue
+            if link is None and DirectoryUser.objects.filter(user=user).exists():
+                self.report.problem(
+                    "user %s skipped: Django user %r is linked to another directory entry",
+                    record.dn,
+                    getattr(user, self.username_field),
+                )
+                self.report.counts["users_skipped"] += 1
+                continue
+            changed = [f for f, v in record.fields.items() if getattr(user, f) != v]
+            restore = link is not None and link.removed_at is not None and not record.disabled
+            if restore and not user.is_active:
+                changed.append("is_active")
+            for name in changed:
+                setattr(user, name, True if name == "is_active" else record.fields[name])
+            if changed:
+                to_update.setdefault(",".join(sorted(changed)), []).append(user)
+                self.report.change(f"update user {record.username!r}: {', '.join(sorted(changed))}")
+            if restore:
+                self.report.counts["users_restored"] += 1
+                self.report.change(f"restore user {record.username!r}")
+            if link is None:
+                self.report.counts["users_adopted"] += 1
+                self.report.change(f"adopt user {record.username!r}")
+            elif self._link_changed(link, record) or restore or changed:
+                self._refresh_link(link, record, restore)
+                links_to_update.append(link)
+            outcomes.append(UserOutcome(record, user, created=False, updated=bool(changed)))
+
+        self.report.counts["users_created"] += len(to_create)
+        self.report.counts["users_updated"] += sum(1 for o in outcomes if o.updated)
+        if self.dry_run:
+            for outcome in outcomes:
+                if outcome.created:
+                    outcome.user = None
+            self._plan_profiles(outcomes)
+            return outcomes
+
+        if to_create:
+            self.User.objects.bulk_create([user for _, user in to_create])
+            self._fetch_missing_pks([user for _, user in to_create])
+        for field_key, users in to_update.items():
+            self.User.objects.bulk_update(users, field_key.split(","))
+        new_links = [
+            self._new_link(outcome.user, outcome.record)
+            for outcome in outcomes
+            if outcome.record.guid not in links
+        ]
+        if new_links:
+            DirectoryUser.objects.bulk_create(new_links)
+            for new_link in new_links:
+                links[new_link.guid] = new_link
+        if links_to_update:
+            DirectoryUser.objects.bulk_update(
+                links_to_update,
+                ["dn", "server", "object_sid", "last_changed", "removed_at", "removal_reason"],
+            )
+        self._sync_profiles(outcomes, links)
+        return outcomes
+
+    def _users_by_lower_username(self, usernames: list[str]) -> dict[str, Any]:
+        if not usernames:
+            return {}
+        lowered = [name.lower() for name in usernames]
+        query = self.User.objects.annotate(_lower_name=Lower(self.username_field)).filter(
+            _lower_name__in=lowered
+        )
+        return {getattr(user, self.username_field).lower(): user for user in query}
+
+    def _fetch_missing_pks(self, users: list[Any]) -> None:
+        """Backends that cannot return ids from a bulk insert: look them up by username."""
+        missing = [user for user in users if user.pk is None]
+        if not missing:
+            return
+        names = [getattr(user, self.username_field) for user in missing]
+        ids = dict(
+            self.User.objects.filter(**{f"{self.username_field}__in": names}).values_list(
+                self.username_field, "pk"
+            )
+        )
+        for user in missing:
+            user.pk = ids[getattr(user, self.username_field)]
+
+    def _link_changed(self, link: DirectoryUser, record: UserRecord) -> bool:
+        return (
+            link.dn != record.dn
+            or link.server != self.server
+            or link.object_sid != (record.object_sid or "")
+        )
+
+    def _refresh_link(self, link: DirectoryUser, record: UserRecord, restore: bool) -> None:
+        link.dn = record.dn
+        link.server = self.server
+        link.object_sid = record.object_sid or ""
+        link.last_changed = self.now
+        if restore:
+            link.removed_at = None
+            link.removal_reason = ""
+
+    def _new_link(self, user: Any, record: UserRecord) -> DirectoryUser:
+        return DirectoryUser(
+            user=user,
+            guid=record.guid,
+            dn=record.dn,
+            server=self.server,
+            object_sid=record.object_sid or "",
+            last_changed=self.now,
+        )
+
+    # -- profiles and photos -----------------------------------------------------------------
+
+    def _plan_profiles(self, outcomes: list[UserOutcome]) -> None:
+        """Dry run: count profile rows that would be created (changes need the rows)."""
+        for spec, _model in self.profile_models:
+            for outcome in outcomes:
+                if outcome.created and outcome.record.profiles.get(spec.label):
+                    self.report.counts["profiles_created"] += 1
+
+    def _sync_profiles(self, outcomes: list[UserOutcome], links: dict[str, DirectoryUser]) -> None:
+        for spec, model in self.profile_models:
+            by_user = {p.user_id: p for p in model.objects.filter(user__in=[o.user for o in outcomes])}
+            created, updated = [], []
+            changed_fields: set[str] = set()
+            for outcome in outcomes:
+                values = outcome.record.profiles.get(spec.label, {})
+                profile = by_user.get(outcome.user.pk)
+                if profile is None:
+                    profile = model(user=outcome.user, **values)
+                    created.append(profile)
+                    by_user[outcome.user.pk] = profile
+                    continue
+                changed = [f for f, v in values.items() if getattr(profile, f) != v]
+                for name in changed:
+                    setattr(profile, name, values[name])
+                if changed:
+                    changed_fields.update(changed)
+                    updated.append(profile)
+                    outcome.updated = True
+            if created:
+                model.objects.bulk_create(created)
+                self.report.counts["profiles_created"] += len(created)
+            if updated:
+                model.objects.bulk_update(updated, sorted(changed_fields))
+                self.report.counts["profiles_updated"] += len(updated)
+            if spec.file_fields:
+                self._sync_photos(spec, by_user, outcomes, links)
+
+    def _sync_photos(self, spec, by_user: dict, outcomes: list[UserOutcome], links) -> None:
+        for outcome in outcomes:
+            photos = outcome.record.photos.get(spec.label, {})
+            profile = by_user[outcome.user.pk]
+            link = links[outcome.record.guid]
+            for field_name, data in photos.items():
+                key = f"{spec.label}.{field_name}"
+                digest = photo_digest(data) if data else ""
+                file = getattr(profile, field_name)
+                if link.photo_digests.get(key, "") == digest and bool(file) == bool(data):
+                    continue
+                old_name = file.name if file else None
+                if data:
+                    name = photo_filename(self.config.photo_name_template, outcome.record.username, self.now)
+                    file.save(name, ContentFile(data), save=False)
+                else:
+                    setattr(profile, field_name, None)
+                profile.save(update_fields=[field_name])
+                if old_name:
+                    storage = file.storage
+                    transaction.on_commit(lambda n=old_name, s=storage: s.delete(n))
+                link.photo_digests = {**link.photo_digests, key: digest}
+                link.save(update_fields=["photo_digests"])
+                self.report.counts["photos_written" if data else "photos_removed"] += 1
+                self.report.change(f"{'write' if data else 'remove'} photo of {outcome.record.username!r}")
+                outcome.updated = True
+
+    def _after_commit(self, outcomes: list[UserOutcome]) -> None:
+        if self.dry_run:
+            return
+        for outcome in outcomes:
+            if not (outcome.created or outcome.updated):
+                continue
+            for callback in self.user_callbacks:
+                try:
+                    callback(outcome.user, outcome.record.attributes, outcome.created, outcome.updated)
+                except Exception as error:  # a site's callback must not stop the run
+                    self.report.problem(
+                        "user callback %r failed for %s: %s", callback, outcome.record.dn, error
+                    )
+            signals.user_synced.send(
+                Store, user=outcome.user, created=outcome.created, attributes=outcome.record.attributes
+            )
+
+    # -- memberships -------------------------------------------------------------------------
+
+    def sync_memberships(self, desired: dict[int, set[int]], managed_group_ids: set[int]) -> None:
+        """Make each listed user's memberships of *managed* groups equal ``desired[user_id]``.
+
+        Memberships of groups the directory does not manage (given by an admin in Django) are
+        never touched.
+        """
+        if not desired:
+            return
+        through = self.User.groups.through
+        current: dict[int, dict[int, int]] = {user_id: {} for user_id in desired}
+        for row_id, user_id, group_id in through.objects.filter(
+            user_id__in=list(desired)
+        ).values_list("pk", "user_id", "group_id"):
+            if group_id in managed_group_ids:
+                current[user_id][group_id] = row_id
+        to_add = []
+        to_remove = []
+        for user_id, wanted in desired.items():
+            have = current[user_id]
+            to_add.extend(
+                through(user_id=user_id, group_id=group_id) for group_id in wanted - have.keys()
+            )
+            to_remove.extend(row_id for group_id, row_id in have.items() if group_id not in wanted)
+        self.report.counts["memberships_added"] += len(to_add)
+        self.report.counts["memberships_removed"] += len(to_remove)
+        if self.report.changes is not None:
+            for row in to_add:
+                self.report.change(f"add membership user#{row.user_id} group#{row.group_id}")
+            if to_remove:
+                self.report.change(f"remove {len(to_remove)} memberships")
+        if self.dry_run:
+            return
+        with transaction.atomic():
+            if to_add:
+                through.objects.bulk_create(to_add, ignore_conflicts=True)
+            if to_remove:
+                through.objects.filter(pk__in=to_remove).delete()
+
+    # -- removals ----------------------------------------------------------------------------
+
+    def removal_candidates(self, present_guids: set[str]) -> list[DirectoryUser]:
+        """Linked, not yet removed users whose entry was not found in the run's scope."""
+        return [
+            link
+            for link in DirectoryUser.objects.select_related("user").filter(removed_at__isnull=True)
+            if link.guid not in present_guids
+        ]
+
+    def remove_users(
+        self, links: Iterable[DirectoryUser], callbacks: Sequence[Callable], reason: str
+    ) -> None:
+        """Apply the removal callbacks (deactivate, delete...) to users, one transaction each."""
+        for link in links:
+            username = getattr(link.user, self.username_field)
+            if username.lower() in self.config.exempt_usernames:
+                continue
+            self.report.counts["users_removed"] += 1
+            self.report.change(f"remove user {username!r} ({reason})")
+            if self.dry_run:
+                continue
+            try:
+                with transaction.atomic():
+                    link.removed_at = self.now
+                    link.removal_reason = reason
+                    link.save(update_fields=["removed_at", "removal_reason"])
+                    user = link.user
+                    for callback in callbacks:
+                        callback(user)
+            except Exception as error:
+                self.report.problem("removal of %s failed: %s", link.dn, error)
+                continue
+            signals.user_removed.send(Store, user=user, reason=reason)
+
+    def remove_groups(self, present_guids: set[str], action: str) -> None:
+        """Groups gone from the directory: kept (unlinked memberships removed) or deleted."""
+        for link in DirectoryGroup.objects.select_related("group").filter(removed_at__isnull=True):
+            if link.guid in present_guids:
+                continue
+            self.report.counts["groups_removed"] += 1
+            self.report.change(f"{'delete' if action == 'DELETE' else 'retire'} group {link.group.name!r}")
+            if self.dry_run:
+                continue
+            if action == "DELETE":
+                link.group.delete()
+            else:
+                link.removed_at = self.now
+                link.save(update_fields=["removed_at"])

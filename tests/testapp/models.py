@@ -1,0 +1,20 @@
+"""Profile models filled by the sync in tests (``LDAP_SYNC_USER_EXTRA_PROFILES``)."""
+
+from django.conf import settings
+from django.db import models
+
+
+class Employee(models.Model):
+    """A profile the sync can fill: a ``user`` one-to-one link and fields named like attributes."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    department = models.CharField(max_length=100, blank=True)
+    title = models.CharField(max_length=100, blank=True)
+    thumbnailphoto = models.ImageField(upload_to="photos/", blank=True, null=True)
+
+
+class Badge(models.Model):
+    """A model linked to users by another name than ``user``: the sync cannot fill it."""
+
+    owner = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    number = models.CharField(max_length=20, blank=True)
