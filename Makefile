@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg setup.py
 
 venv: deps $(VENV)/.installed
 
-test: venv lint test-sqlite test-postgres
+test: venv lint docs test-sqlite test-postgres
 
 test-sqlite: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -35,10 +35,14 @@ lint: venv
 	$(VENV)/bin/ruff check adldap_auth tests example_site benchmarks
 
 demo: venv
-	$(PY) -m example_site.demo
+	$(PY) -m example_site.demo $(DEMO_ARGS)
 
 bench: venv
 	$(PY) -m benchmarks
+
+# The documentation (docs/, mkdocs.yml), built into build/docs; warnings are errors.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .lab-cache .pytest_cache demo-data

@@ -1,4 +1,4 @@
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 
 
 class ADLDAPAuthConfig(AppConfig):
@@ -8,3 +8,9 @@ class ADLDAPAuthConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+
+        if apps.is_installed("django.contrib.admin"):
+            # For a user admin registered after this app's admin module was autodiscovered.
+            from .admin import extend_user_admin
+
+            extend_user_admin()

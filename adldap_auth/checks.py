@@ -511,6 +511,11 @@ _ADVICE = {
     "USERNAME_FIELD": "None uses the user model's USERNAME_FIELD.",
     "USER_SEARCH": "None uses LDAP_SYNC_BIND_SEARCH.",
     "GROUP_SEARCH": "None uses LDAP_SYNC_BIND_SEARCH.",
+    "LOGIN_GROUP_RESOLUTION": '"auto" resolves a logging-in user\'s groups with one '
+    'LDAP_MATCHING_RULE_IN_CHAIN search on Active Directory and with the cached group graph '
+    'elsewhere; "graph" always uses the graph.',
+    "LOGIN_GROUP_CACHE_TIMEOUT": "Seconds the login backend keeps the group graph in the "
+    "process; 0 reads it at every login.",
 }
 
 _DEFAULT_ADVICE = "See the settings table in the adldap-auth documentation."
@@ -1021,6 +1026,8 @@ VALIDATORS: dict[str, Callable[[str, Any], list[Message]]] = {
     "REMOVAL_GRACE": _removal_grace,
     "LOCK_STALE_AFTER": _seconds,
     "WRITE_BATCH_SIZE": _integer(1),
+    "LOGIN_GROUP_RESOLUTION": _choice("auto", "graph"),
+    "LOGIN_GROUP_CACHE_TIMEOUT": _integer(0),
 }
 
 #: Names of other packages' ``LDAP_SYNC_*`` settings that sites bring along, with advice.

@@ -91,6 +91,13 @@ DEFAULTS: dict[str, Any] = {
     "REMOVAL_GRACE": None,  # seconds (or timedelta) a missing user stays deactivated before delete
     "LOCK_STALE_AFTER": 6 * 3600,  # seconds after which a lock whose holder is silent is taken over
     "WRITE_BATCH_SIZE": 1000,
+    # Login backend (new): how adldap_auth.backends.ADLDAPBackend finds a user's groups.
+    # "auto": on Active Directory one LDAP_MATCHING_RULE_IN_CHAIN search of the group scope;
+    # elsewhere the group graph, read once and kept in the process. "graph": always the graph.
+    "LOGIN_GROUP_RESOLUTION": "auto",
+    # Seconds a login process keeps the group graph it read (graph resolution only); 0 reads
+    # the graph at every login. Group changes reach logins after at most this delay.
+    "LOGIN_GROUP_CACHE_TIMEOUT": 60,
 }
 
 #: Old settings names that the seed read (including its misspelling), mapped to ours.

@@ -41,7 +41,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 
@@ -212,13 +212,20 @@ class RunLock:
             return
         self._last_beat = now
         if self._session is not None:
+            # Never through a new connection: the lock lives and dies with the first one.
+            if self._session.connection is None or self._session.connection.closed:
+                self.held = False
+                raise LockLost("the sync lock's database connection was closed; this run stops")
             try:
                 updated = self._pg_execute(
                     "UPDATE {table} SET heartbeat_at = %s WHERE name = %s AND owner = %s",
                     [timezone.now(), self.name, str(self.owner)],
                 )
             except Exception as error:  # the lock connection is gone, so is the lock
-                raise LockLost(f"the sync lock connection was lost: {error}") from error
+                self.held = False
+                raise LockLost(
+                    f"the sync lock's database connection was lost ({error}); this run stops"
+                ) from error
         else:
             updated = self._rows().filter(owner=str(self.owner)).update(heartbeat_at=timezone.now())
         if not updated:
@@ -235,6 +242,8 @@ class RunLock:
         try:
             if session is not None:
                 try:
+                    if not was_held:  # lost: the session is gone or no longer the holder
+                        return
                     with session.cursor() as cursor:
                         cursor.execute(
                             f"UPDATE {SyncLock._meta.db_table} SET owner = '' "
@@ -366,18 +375,11 @@ class RunLock:
                 "INSERT INTO {table} (name, owner) VALUES (%s, '') ON CONFLICT (name) DO NOTHING",
                 [self.name],
             )
-            if not self._try_advisory():
-                holder, since, beat = self._row_on_session()
-                if not self._is_stale(beat, timezone.now()) or not self._terminate_holder(holder):
-                    raise LockHeld(holder, since)
-                # The server frees the lock once the ended backend has exited.
-                for _attempt in range(50):
-                    if self._try_advisory():
-                        break
-                    time.sleep(0.1)
-                else:
-                    holder, since, _beat = self._row_on_session()
-                    raise LockHeld(holder, since)
+            # The owner text names this session's backend, so that others can tell the row
+            # of the current holder from one left by a holder that died.
+            backend_pid = self._session.connection.info.backend_pid
+            self.owner = replace(self.owner, token=f"pg{backend_pid}")
+            self._take_advisory()
             now = timezone.now()
             self._pg_execute(
                 "UPDATE {table} SET owner = %s, acquired_at = %s, heartbeat_at = %s WHERE name = %s",
@@ -388,10 +390,58 @@ class RunLock:
             session.close()
             raise
 
+    def _take_advisory(self) -> None:
+        """Take the advisory lock, taking it over from a silent holder; else raise LockHeld."""
+        for _attempt in range(3):
+            if self._try_advisory():
+                return
+            pids = self._advisory_holders()
+            if not pids:
+                continue  # released in the meantime
+            holder, since, beat = self._holder_row(pids[0])
+            if holder is None or not self._is_stale(beat, timezone.now()):
+                raise LockHeld(holder, since)
+            if not self._terminate(pids, holder):
+                raise LockHeld(holder, since)
+            # The server frees the lock once the ended backend has exited.
+            for _wait in range(50):
+                if self._try_advisory():
+                    return
+                time.sleep(0.1)
+            raise LockHeld(holder, since)
+        holder, since, _beat = self._row_on_session()
+        raise LockHeld(holder, since)
+
     def _try_advisory(self) -> bool:
         with self._session.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [advisory_key(self.name)])
             return bool(cursor.fetchone()[0])
+
+    def _advisory_holders(self) -> list[int]:
+        """Backend pids of the sessions holding the advisory lock (one, or none)."""
+        key = advisory_key(self.name) & 0xFFFFFFFFFFFFFFFF
+        with self._session.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND classid = %s AND objid = %s AND objsubid = 1",
+                [key >> 32, key & 0xFFFFFFFF],
+            )
+            return [row[0] for row in cursor.fetchall()]
+
+    def _holder_row(
+        self, backend_pid: int, wait: float = 3.0
+    ) -> tuple[LockOwner | None, datetime | None, datetime | None]:
+        """The row of the holder with ``backend_pid``; it writes it just after taking the lock,
+        so wait a moment for it. (None, None, None) when it never shows up."""
+        deadline = time.monotonic() + wait
+        while True:
+            holder, since, beat = self._row_on_session()
+            if holder is not None and holder.token == f"pg{backend_pid}":
+                return holder, since, beat
+            if time.monotonic() > deadline:
+                return None, None, None
+            time.sleep(0.05)
 
     def _row_on_session(self) -> tuple[LockOwner | None, datetime | None, datetime | None]:
         with self._session.cursor() as cursor:
@@ -405,27 +455,19 @@ class RunLock:
             return None, None, None
         return LockOwner.parse(row[0]), row[1], row[2]
 
-    def _terminate_holder(self, holder: LockOwner | None) -> bool:
-        """End the database session of a silent holder; True when one was ended."""
-        key = advisory_key(self.name) & 0xFFFFFFFFFFFFFFFF
+    def _terminate(self, backend_pids: list[int], holder: LockOwner) -> bool:
+        """End the database session of a silent holder; True when it was ended."""
+        ended = False
         with self._session.cursor() as cursor:
-            cursor.execute(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND classid = %s AND objid = %s AND objsubid = 1",
-                [key >> 32, key & 0xFFFFFFFF],
-            )
-            pids = [row[0] for row in cursor.fetchall()]
-            ended = False
-            for pid in pids:
+            for pid in backend_pids:
                 try:
                     cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
                     ended = bool(cursor.fetchone()[0]) or ended
                 except Exception as error:
                     logger.error(
-                        "sync lock %r: could not end the silent holder's session (%s): %s",
+                        "sync lock %r: could not end the session of silent holder %s: %s",
                         self.name,
-                        holder.describe() if holder else "?",
+                        holder.describe(),
                         error,
                     )
                     return False
@@ -434,7 +476,7 @@ class RunLock:
                 "sync lock %r: holder %s silent beyond LDAP_SYNC_LOCK_STALE_AFTER; its database "
                 "session was ended and the lock taken over",
                 self.name,
-                holder.describe() if holder else "?",
+                holder.describe(),
             )
         return ended
 

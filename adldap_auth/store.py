@@ -308,7 +308,7 @@ class Store:
             for outcome in outcomes:
                 if outcome.created:
                     outcome.user = None
-            self._plan_profiles(outcomes)
+            self._sync_profiles(outcomes, links)
             return outcomes
 
         if to_create:
@@ -384,56 +384,68 @@ class Store:
 
     # -- profiles and photos -----------------------------------------------------------------
 
-    def _plan_profiles(self, outcomes: list[UserOutcome]) -> None:
-        """Dry run: count profile rows that would be created (changes need the rows)."""
-        for spec, _model in self.profile_models:
-            for outcome in outcomes:
-                if outcome.created and outcome.record.profiles.get(spec.label):
-                    self.report.counts["profiles_created"] += 1
-
     def _sync_profiles(self, outcomes: list[UserOutcome], links: dict[str, DirectoryUser]) -> None:
+        """Create or update each profile row, then its photos. A dry run only reports."""
         for spec, model in self.profile_models:
-            by_user = {p.user_id: p for p in model.objects.filter(user__in=[o.user for o in outcomes])}
+            existing = [o.user for o in outcomes if o.user is not None and o.user.pk is not None]
+            by_user = {p.user_id: p for p in model.objects.filter(user__in=existing)}
             created, updated = [], []
             changed_fields: set[str] = set()
+            profiles: dict[str, Any] = {}  # record guid -> profile (saved or not)
             for outcome in outcomes:
                 values = outcome.record.profiles.get(spec.label, {})
-                profile = by_user.get(outcome.user.pk)
+                user = outcome.user
+                profile = by_user.get(user.pk) if user is not None else None
                 if profile is None:
-                    profile = model(user=outcome.user, **values)
+                    profile = model(user=user, **values) if user is not None else model(**values)
                     created.append(profile)
-                    by_user[outcome.user.pk] = profile
-                    continue
-                changed = [f for f, v in values.items() if getattr(profile, f) != v]
-                for name in changed:
-                    setattr(profile, name, values[name])
-                if changed:
-                    changed_fields.update(changed)
-                    updated.append(profile)
-                    outcome.updated = True
-            if created:
-                model.objects.bulk_create(created)
-                self.report.counts["profiles_created"] += len(created)
-            if updated:
-                model.objects.bulk_update(updated, sorted(changed_fields))
-                self.report.counts["profiles_updated"] += len(updated)
+                else:
+                    changed = [f for f, v in values.items() if getattr(profile, f) != v]
+                    for name in changed:
+                        setattr(profile, name, values[name])
+                    if changed:
+                        changed_fields.update(changed)
+                        updated.append(profile)
+                        outcome.updated = True
+                        self.report.change(
+                            f"update profile of {outcome.record.username!r}: {', '.join(changed)}"
+                        )
+                profiles[outcome.record.guid] = profile
+            self.report.counts["profiles_created"] += len(created)
+            self.report.counts["profiles_updated"] += len(updated)
+            if not self.dry_run:
+                if created:
+                    model.objects.bulk_create(created)
+                if updated:
+                    model.objects.bulk_update(updated, sorted(changed_fields))
             if spec.file_fields:
-                self._sync_photos(spec, by_user, outcomes, links)
+                self._sync_photos(spec, profiles, outcomes, links)
 
-    def _sync_photos(self, spec, by_user: dict, outcomes: list[UserOutcome], links) -> None:
+    def _sync_photos(self, spec, profiles: dict, outcomes: list[UserOutcome], links) -> None:
+        """Write a photo only when its digest changed; delete the replaced file after commit."""
         for outcome in outcomes:
             photos = outcome.record.photos.get(spec.label, {})
-            profile = by_user[outcome.user.pk]
-            link = links[outcome.record.guid]
+            profile = profiles[outcome.record.guid]
+            link = links.get(outcome.record.guid)
+            digests = link.photo_digests if link is not None else {}
             for field_name, data in photos.items():
                 key = f"{spec.label}.{field_name}"
                 digest = photo_digest(data) if data else ""
                 file = getattr(profile, field_name)
-                if link.photo_digests.get(key, "") == digest and bool(file) == bool(data):
+                if digests.get(key, "") == digest and bool(file) == bool(data):
+                    continue
+                self.report.counts["photos_written" if data else "photos_removed"] += 1
+                self.report.change(
+                    f"{'write' if data else 'remove'} photo of {outcome.record.username!r}"
+                )
+                outcome.updated = True
+                if self.dry_run:
                     continue
                 old_name = file.name if file else None
                 if data:
-                    name = photo_filename(self.config.photo_name_template, outcome.record.username, self.now)
+                    name = photo_filename(
+                        self.config.photo_name_template, outcome.record.username, self.now
+                    )
                     file.save(name, ContentFile(data), save=False)
                 else:
                     setattr(profile, field_name, None)
@@ -443,9 +455,6 @@ class Store:
                     transaction.on_commit(lambda n=old_name, s=storage: s.delete(n))
                 link.photo_digests = {**link.photo_digests, key: digest}
                 link.save(update_fields=["photo_digests"])
-                self.report.counts["photos_written" if data else "photos_removed"] += 1
-                self.report.change(f"{'write' if data else 'remove'} photo of {outcome.record.username!r}")
-                outcome.updated = True
 
     def _after_commit(self, outcomes: list[UserOutcome]) -> None:
         if self.dry_run:

@@ -390,9 +390,8 @@ class SyncEngine:
             and graph.ancestors(found.guid) & changed_groups
         }
         held = set(user_ids_holding(store, changed_ids | vanished))
-        links = dict(
-            DirectoryUser.objects.filter(removed_at__isnull=True).values_list("guid", "user_id")
-        )
+        # Disabled users are still in scope: a full run keeps their memberships current too.
+        links = dict(DirectoryUser.objects.values_list("guid", "user_id"))
         wanted: dict[int, set[int]] = {}
         for guid, (member_key, primary_sid) in present.items():
             user_id = links.get(guid)

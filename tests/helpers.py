@@ -96,8 +96,9 @@ def django_state() -> dict[str, dict[str, Any]]:
     ):
         profile = profiles.get(user.pk)
         photo = None
-        if profile is not None and profile.thumbnailphoto:
-            with profile.thumbnailphoto.open("rb") as handle:
+        file = profile and (profile.thumbnailphoto or profile.jpegphoto)
+        if file:
+            with file.open("rb") as handle:
                 photo = handle.read()
         state[user.username] = {
             "first_name": user.first_name,

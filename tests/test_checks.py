@@ -244,6 +244,10 @@ CASES = [
     case("LOCK_STALE_AFTER", 0, "E006"),
     case("WRITE_BATCH_SIZE", 0, "E005"),
     case("WRITE_BATCH_SIZE", 500),
+    case("LOGIN_GROUP_RESOLUTION", "in_chain", "E010"),
+    case("LOGIN_GROUP_RESOLUTION", "graph"),
+    case("LOGIN_GROUP_CACHE_TIMEOUT", -1, "E005"),
+    case("LOGIN_GROUP_CACHE_TIMEOUT", 0),
 ]
 
 
@@ -366,6 +370,8 @@ def test_full_valid_configuration(tmp_path, monkeypatch) -> None:
         "REMOVAL_GRACE": dt.timedelta(days=7),
         "LOCK_STALE_AFTER": 3600,
         "WRITE_BATCH_SIZE": 200,
+        "LOGIN_GROUP_RESOLUTION": "graph",
+        "LOGIN_GROUP_CACHE_TIMEOUT": 300,
     }
     assert set(full) | set(BASE) == set(DEFAULTS)
     assert run_ldap_checks(**full) == []

@@ -258,21 +258,42 @@ def test_member_ranges_on_the_big_group(samba_dc: SambaDC) -> None:
     assert norm(samba_dc.user_dn("carol")) in members
 
 
+def resolve_sids(samba_dc: SambaDC, conn, sids: list[bytes]) -> set[str]:
+    query = "(|{})".format("".join(f"(objectSid={sid_to_str(s)})" for s in sids))
+    return {
+        attrs["sAMAccountName"][0].decode()
+        for dn, attrs in conn.search_s(
+            samba_dc.base_dn, ldap.SCOPE_SUBTREE, query, ["sAMAccountName"]
+        )
+        if dn is not None  # skip search continuation references (AD returns them)
+    }
+
+
 @samba
 def test_alice_token_groups_cover_the_nesting(samba_dc: SambaDC) -> None:
     conn = samba_dc.reader_connection()
-    sids = one(conn, samba_dc.user_dn("alice"), ["tokenGroups"])["tokenGroups"]
-    query = "(|{})".format("".join(f"(objectSid={sid_to_str(s)})" for s in sids))
-    names = {
-        attrs["sAMAccountName"][0].decode()
-        for _, attrs in conn.search_s(
-            samba_dc.base_dn, ldap.SCOPE_SUBTREE, query, ["sAMAccountName"]
-        )
-    }
     nested = samba_dc.spec.expected_groups()["alice"]
     assert nested == {"Rocket Team", "Engineering", "R&D", "Staff", "Everyone"}
-    assert names == nested | {"Domain Users"}
-    assert f"{samba_dc.domain_sid}-513" in {sid_to_str(s) for s in sids}
+
+    sids = one(conn, samba_dc.user_dn("alice"), ["tokenGroups"])["tokenGroups"]
+    assert f"{samba_dc.domain_sid}-513" in {sid_to_str(s) for s in sids}  # primary group
+    # tokenGroups also lists domain-local/builtin groups: BUILTIN\Users (S-1-5-32-545)
+    # holds Domain Users, so every user has it.
+    assert "S-1-5-32-545" in {sid_to_str(s) for s in sids}
+    assert resolve_sids(samba_dc, conn, sids) == nested | {"Domain Users", "Users"}
+
+    attr = "tokenGroupsGlobalAndUniversal"
+    global_sids = one(conn, samba_dc.user_dn("alice"), [attr])[attr]
+    assert resolve_sids(samba_dc, conn, global_sids) == nested | {"Domain Users"}
+
+
+@samba
+def test_token_groups_need_a_base_search(samba_dc: SambaDC) -> None:
+    conn = samba_dc.reader_connection()
+    with pytest.raises(ldap.OPERATIONS_ERROR):
+        conn.search_s(
+            samba_dc.lab_dn, ldap.SCOPE_SUBTREE, "(sAMAccountName=alice)", ["tokenGroups"]
+        )
 
 
 # --- lifecycle ------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ Enable with ``pytest_plugins = ["tests.lab.fixtures_samba"]`` in ``tests/conftes
   and put back after the test if the test changed it. "Changed" means
   :meth:`~tests.lab.samba.SambaDC.admin_connection` was used, the DC is not running, or the
   rootDSE ``highestCommittedUSN`` moved (any write, including the ``lastLogonTimestamp`` a
-  user's first bind writes). A reset costs ~1-2 s, only when needed. Tests that mutate the
-  directory (or stop the DC) must use ``samba_clean``.
+  user's first bind writes). A reset costs about 0.5-1 s, only when needed. Tests that
+  mutate the directory (or stop the DC) must use ``samba_clean``.
 * ``wrong_ca_file`` (session): a CA certificate that did not sign the lab's server
   certificate, for negative TLS tests.
 
@@ -21,7 +21,9 @@ deselects them). The DC is never skipped: if samba cannot start, the fixture err
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,11 +37,23 @@ SAMBA_FIXTURES = {"samba_dc", "samba_clean"}
 _launched: list[SambaDC] = []
 
 
+def _notifier(config: pytest.Config) -> Callable[[str], None]:
+    """Print past pytest's output capture: a wait for the lock or a build should be visible."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+
+    def notify(message: str) -> None:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print(f"\n[samba lab] {message}", file=sys.stderr, flush=True)
+
+    return notify
+
+
 @pytest.fixture(scope="session")
-def samba_dc() -> Iterator[SambaDC]:
+def samba_dc(pytestconfig: pytest.Config) -> Iterator[SambaDC]:
     """The lab DC for the whole session (holds the machine-wide lab lock while it runs)."""
-    with lab_lock():
-        dc = SambaDC.launch(company())
+    notify = _notifier(pytestconfig)
+    with lab_lock(notify=notify):
+        dc = SambaDC.launch(company(), notify)
         _launched.append(dc)
         try:
             yield dc

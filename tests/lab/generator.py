@@ -271,8 +271,10 @@ def mutate(
         removed.add((index, member))
         members_of(index).remove(member)
         changes.memberships_removed.append((groups[index].name, member))
-    added = 0
-    while groups and users and added < count - count // 2:
+    added, attempts = 0, 0
+    wanted = count - count // 2
+    while groups and users and added < wanted and attempts < 100 * wanted:
+        attempts += 1  # a tiny spec may have fewer free (group, user) pairs than wanted
         index, key = rng.randrange(len(groups)), users[rng.randrange(len(users))].key
         if key in members_of(index) or (index, key) in removed:
             continue

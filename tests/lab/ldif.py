@@ -355,8 +355,9 @@ def diff_operations(
 
     Operations within a phase are independent (they may be sent pipelined); phases must run
     in order: new OUs, new users, user moves, user changes, new groups (with the empty
-    member), member changes, removed groups, removed users. Users and groups are matched by
-    key and name; a changed ``ou`` is a move (``moddn``), which keeps the entryUUID.
+    member), member changes, removed groups, removed users, OUs left empty. Users and groups
+    are matched by key and name; a changed ``ou`` is a move (``moddn``), which keeps the
+    entryUUID.
     ``diff_operations(DirectorySpec([], []), spec)`` plus :func:`base_entries` loads a spec.
     """
     old_dns, new_dns = DnMap(old), DnMap(new)
@@ -364,9 +365,11 @@ def diff_operations(
     new_users = {user.key: user for user in new.users}
     old_groups = {group.name: group for group in old.groups}
     new_groups = {group.name: group for group in new.groups}
-    old_ous = {dn for dn, _ in _ou_entries(old)}
-
-    ous = [Op("add", dn, attrs) for dn, attrs in _ou_entries(new) if dn not in old_ous]
+    old_ous = [dn for dn, _ in _ou_entries(old)]
+    new_ous = _ou_entries(new)
+    new_ou_dns = {dn for dn, _ in new_ous}
+    ous = [Op("add", dn, attrs) for dn, attrs in new_ous if dn not in old_ous]
+    ou_deletes = [Op("delete", dn) for dn in old_ous if dn not in new_ou_dns]
     user_adds: list[Op] = []
     moves: list[Op] = []
     user_mods: list[Op] = []
@@ -386,13 +389,17 @@ def diff_operations(
             user_mods.append(Op("modify", new_dns.users[key], mods=mods))
     user_deletes = [Op("delete", old_dns.users[key]) for key in old_users if key not in new_users]
 
-    moved = {key for key in new_users if key in old_users and old_dns.users[key] != new_dns.users[key]}
+    moved = {
+        key for key in new_users if key in old_users and old_dns.users[key] != new_dns.users[key]
+    }
     empty = [EMPTY_MEMBER.encode()]
     group_adds: list[Op] = []
     group_mods: list[Op] = []
     for name, group in new_groups.items():
         before = old_groups.get(name)
-        touches_moved = bool(moved) and any(member in moved for member in group.members)
+        touches_moved = bool(moved) and any(
+            member in moved for member in (*group.members, *(before.members if before else ()))
+        )
         if before is group and not touches_moved:
             continue
         dn = new_dns.groups[name]
@@ -415,7 +422,10 @@ def diff_operations(
         if mods:
             group_mods.append(Op("modify", dn, mods=mods))
     group_deletes = [Op("delete", old_dns.groups[n]) for n in old_groups if n not in new_groups]
-    phases = [ous, user_adds, moves, user_mods, group_adds, group_mods, group_deletes, user_deletes]
+    phases = [
+        ous, user_adds, moves, user_mods, group_adds, group_mods, group_deletes, user_deletes,
+        ou_deletes,
+    ]  # fmt: skip
     return [phase for phase in phases if phase]
 
 

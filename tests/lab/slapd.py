@@ -194,9 +194,7 @@ class LabSlapd(SlapdObject):
         self.spec = spec
         self._dns = None
 
-    def sync_settings(
-        self, tls: Literal["none", "starttls", "ldaps"] = "none"
-    ) -> dict[str, Any]:
+    def sync_settings(self, tls: Literal["none", "starttls", "ldaps"] = "none") -> dict[str, Any]:
         """``LDAP_SYNC_*`` settings for this server (see :func:`ldif.openldap_sync_settings`)."""
         return ldif.openldap_sync_settings(self, tls=tls, photo_attribute=self.photo_attribute)
 
@@ -418,7 +416,9 @@ class LabSlapd(SlapdObject):
         conn = self.admin_connection()
         try:
             if not self._has_suffix(conn):
-                _run_phase(conn, [ldif.Op("add", dn, attrs) for dn, attrs in ldif.base_entries()], 1)
+                _run_phase(
+                    conn, [ldif.Op("add", dn, attrs) for dn, attrs in ldif.base_entries()], 1
+                )
             for phase in ldif.diff_operations(old, new, photo_attribute=self.photo_attribute):
                 _run_phase(conn, phase, window)
             self._loaded = True

@@ -10,7 +10,8 @@ class Employee(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
     department = models.CharField(max_length=100, blank=True)
     title = models.CharField(max_length=100, blank=True)
-    thumbnailphoto = models.ImageField(upload_to="photos/", blank=True, null=True)
+    thumbnailphoto = models.ImageField(upload_to="photos/", blank=True, null=True)  # AD
+    jpegphoto = models.ImageField(upload_to="photos/", blank=True, null=True)  # OpenLDAP
 
 
 class Badge(models.Model):

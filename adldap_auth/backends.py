@@ -1,0 +1,434 @@
+"""Login-time population: ``ADLDAPBackend``, a django-auth-ldap backend fed by ``LDAP_SYNC_*``.
+
+Use it in ``AUTHENTICATION_BACKENDS`` (before ``ModelBackend``, so local accounts still work)::
+
+    AUTHENTICATION_BACKENDS = [
+        "adldap_auth.backends.ADLDAPBackend",
+        "django.contrib.auth.backends.ModelBackend",
+    ]
+
+Two ways of configuring it:
+
+**With the ``LDAP_SYNC_*`` settings** (``LDAP_SYNC_BIND_URI`` set), the site writes its directory
+configuration once. The backend derives django-auth-ldap's settings from it
+(:func:`derived_settings`, passed as ``default_settings``, so an ``AUTH_LDAP_*`` setting the
+site sets explicitly still wins for the login path):
+
+=========================  ===================================================================
+``SERVER_URI``             ``LDAP_SYNC_BIND_URI`` joined with spaces: libldap tries the servers
+                           in order (failover when a server refuses or cannot be reached)
+``BIND_DN``/``_PASSWORD``  ``LDAP_SYNC_BIND_DN`` / ``LDAP_SYNC_BIND_PASS``
+``START_TLS``              ``LDAP_SYNC_START_TLS``
+``CONNECTION_OPTIONS``     referrals off, ``LDAP_SYNC_NETWORK_TIMEOUT``,
+                           ``LDAP_SYNC_OPERATION_TIMEOUT``; with TLS ``LDAP_SYNC_CA_FILE``,
+                           ``LDAP_SYNC_REQUIRE_CERT`` and a new TLS context (last, as libldap
+                           requires)
+``USER_SEARCH``            :class:`DirectoryUserSearch`: ``LDAP_SYNC_USER_SEARCH``, subtree,
+                           ``(&<LDAP_SYNC_USER_FILTER>(<username attribute>=<name>))``, the
+                           username attribute being the one ``LDAP_SYNC_USER_ATTRIBUTES`` maps
+                           to the username field (``DOMAIN\\user`` and ``user@domain`` are
+                           accepted, see :mod:`adldap_auth.login`)
+``USER_ATTRLIST``          the mapper's attribute list (:func:`~adldap_auth.login.login_user_attributes`)
+``USER_ATTR_MAP``          empty: fields, profiles and the photo are written by the shared
+                           mapper and store, exactly as ``syncldap`` writes them
+``ALWAYS_UPDATE_USER``     True
+``GROUP_SEARCH``           ``LDAP_SYNC_GROUP_SEARCH`` with ``LDAP_SYNC_GROUP_FILTER``
+``GROUP_TYPE``             :class:`DirectoryGroupType`: the user's recursive groups as the sync
+                           computes them, so ``AUTH_LDAP_REQUIRE_GROUP``, ``DENY_GROUP``,
+                           ``USER_FLAGS_BY_GROUP`` and ``MIRROR_GROUPS`` see the same groups
+=========================  ===================================================================
+
+On each login (:meth:`ADLDAPBackend.get_or_build_user`), the user's entry is mapped by
+:func:`adldap_auth.mapping.map_user`, its groups are found (:func:`adldap_auth.login.user_groups`:
+one search on AD, the cached group graph elsewhere) and everything is written by
+:class:`adldap_auth.store.Store`: fields, profiles, photo, identity link, memberships (recursive,
+AD primary group included). The Django user is found by identity link (objectGUID/entryUUID)
+first, so a renamed account keeps its Django user. After the bind: 2 LDAP searches on AD, 1
+elsewhere once the group graph is cached.
+
+Refused, without touching Django: names in ``LDAP_SYNC_USER_EXEMPT_FROM_SYNC`` (no LDAP traffic
+at all, so a local ``admin`` is never overwritten nor its password sent to the directory);
+disabled accounts (``userAccountControl`` bit 0x2); entries the mapper cannot sync. A user the
+batch removed (deactivated) whose account is enabled again is restored by the login. Wrong
+password, unknown user, server down: ``None``, logged without the password.
+
+**Without any ``LDAP_SYNC_*`` setting** the class is django-auth-ldap's ``LDAPBackend``
+configured by ``AUTH_LDAP_*``, unchanged: nothing here runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import ldap
+from django.core.exceptions import ImproperlyConfigured
+from django_auth_ldap.backend import LDAPBackend
+from django_auth_ldap.config import LDAPGroupType, LDAPSearch
+
+from .conf import sync_settings
+from .directory import DirectoryError, Entry
+from .directory.connection import DirectorySession
+from .directory.readers import and_filter
+from .login import (
+    DirectoryAttrs,
+    complete_ranges,
+    connected_uri,
+    decoded_attrs,
+    existing_user,
+    is_ad_entry,
+    is_exempt,
+    login_user_attributes,
+    mapping_entry,
+    normalize_login_name,
+    user_groups,
+    user_search_filter,
+    username_attribute,
+    username_taken,
+    write_user,
+)
+from .mapping import (
+    GroupRecord,
+    MappingConfig,
+    SkipEntry,
+    UserRecord,
+    build_mapping_config,
+    map_user,
+)
+from .sync import connection_config
+
+logger = logging.getLogger("adldap_auth.login")
+
+__all__ = [
+    "ADLDAPBackend",
+    "DirectoryGroupType",
+    "DirectoryLookupError",
+    "DirectoryUserSearch",
+    "derived_settings",
+]
+
+
+class DirectoryLookupError(ldap.LDAPError):
+    """A directory read of the login path failed (search error, timeout, partial result).
+
+    An ``ldap.LDAPError``, so django-auth-ldap treats it as it treats its own: the login
+    returns None, ``django_auth_ldap.backend.ldap_error`` is sent, and a permission check
+    fails closed.
+    """
+
+
+def _lookup_error(error: DirectoryError) -> DirectoryLookupError:
+    return DirectoryLookupError({"desc": "directory read failed", "info": str(error)})
+
+
+class DirectoryUserSearch(LDAPSearch):
+    """The user search derived from ``LDAP_SYNC_*`` (``AUTH_LDAP_USER_SEARCH``).
+
+    ``filterstr`` shows the documented form ``(&<filter>(<attr>=%(user)s))``; the search sent
+    is :func:`adldap_auth.login.user_search_filter` of the typed name (``user@domain`` also
+    matched by its local part and, on AD, as a userPrincipalName), every value escaped.
+    Results are django-auth-ldap's (lower-case DN, decoded values), and each attribute dict
+    also carries the raw entry (exact DN, bytes) for the mapper, as ``attrs.entry``.
+    """
+
+    def __init__(
+        self,
+        base_dn: str,
+        user_filter: str,
+        username_attr: str,
+        attrlist: list[str],
+        upn_attr: str | None = None,
+    ) -> None:
+        self.user_filter = user_filter
+        self.username_attr = username_attr
+        self.upn_attr = upn_attr
+        template = and_filter(user_filter.replace("%", "%%"), f"({username_attr}=%(user)s)")
+        super().__init__(base_dn, ldap.SCOPE_SUBTREE, template, attrlist)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.base_dn} {self.filterstr}>"
+
+    def filter_for(self, login: str) -> str:
+        return user_search_filter(self.user_filter, self.username_attr, login, self.upn_attr)
+
+    @staticmethod
+    def _login(filterargs: Any) -> str:
+        value = filterargs.get("user") if isinstance(filterargs, dict) else filterargs[0]
+        return str(value)
+
+    def search_with_additional_terms(self, term_dict: dict, escape: bool = True) -> LDAPSearch:
+        return self._plain().search_with_additional_terms(term_dict, escape)
+
+    def search_with_additional_term_string(self, filterstr: str) -> LDAPSearch:
+        return self._plain().search_with_additional_term_string(filterstr)
+
+    def _plain(self) -> LDAPSearch:
+        return LDAPSearch(self.base_dn, self.scope, self.filterstr, self.attrlist)
+
+    def execute(self, connection: Any, filterargs: Any = (), escape: bool = True) -> list:
+        # Values are always escaped, whatever ``escape`` says: they are what a user typed.
+        filterstr = self.filter_for(self._login(filterargs))
+        logger.debug("user search: base %r, filter %r", self.base_dn, filterstr)
+        results = connection.search_s(self.base_dn, self.scope, filterstr, self.attrlist)
+        return self._process(results)
+
+    def _begin(self, connection: Any, filterargs: Any = (), escape: bool = True) -> int | None:
+        filterstr = self.filter_for(self._login(filterargs))
+        try:
+            return connection.search(self.base_dn, self.scope, filterstr, self.attrlist)
+        except ldap.LDAPError as error:
+            logger.error("user search %r failed: %s", filterstr, error)
+            return None
+
+    def _results(self, connection: Any, msgid: int) -> list:
+        try:
+            kind, results = connection.result(msgid)
+            if kind not in (ldap.RES_SEARCH_ENTRY, ldap.RES_SEARCH_RESULT):
+                results = []
+        except ldap.LDAPError as error:
+            logger.error("user search result failed: %s", error)
+            results = []
+        return self._process(results)
+
+    @staticmethod
+    def _process(results: list) -> list[tuple[str, DirectoryAttrs]]:
+        processed = []
+        for dn, attrs in results:
+            if dn is None:  # a continuation reference: referrals are not chased
+                continue
+            entry = Entry(dn, {name.lower(): list(values) for name, values in attrs.items()})
+            processed.append((dn.lower(), decoded_attrs(entry, attrs)))
+        return processed
+
+
+class DirectoryGroupType(LDAPGroupType):
+    """``AUTH_LDAP_GROUP_TYPE`` derived from ``LDAP_SYNC_*``: the user's groups as the sync
+    computes them (recursive, AD primary group included), found once per login.
+
+    Group infos are ``(lower-case DN, {"name": [Django group name]})``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name_attr="name")
+
+    def user_groups(self, ldap_user: Any, group_search: Any) -> list[tuple[str, dict]]:
+        backend = ldap_user.backend
+        if not isinstance(backend, ADLDAPBackend) or not backend.uses_sync_settings():
+            raise ImproperlyConfigured(
+                "DirectoryGroupType needs ADLDAPBackend configured by LDAP_SYNC_* settings"
+            )
+        try:
+            groups = backend.directory_groups(ldap_user)
+        except ldap_user.AuthenticationFailed:
+            return []  # an entry the sync refuses has no groups (its login fails anyway)
+        return [(g.dn.lower(), {"name": [g.name]}) for g in groups]
+
+    def group_name_from_info(self, group_info: tuple[str, dict]) -> str | None:
+        names = group_info[1].get("name") or [None]
+        return names[0]
+
+
+def derived_settings() -> dict[str, Any]:
+    """django-auth-ldap settings (names without ``AUTH_LDAP_``) from the ``LDAP_SYNC_*`` ones."""
+    s = sync_settings
+    uris = s.bind_uris
+    uses_tls = bool(s.START_TLS) or any(urlsplit(u).scheme.lower() == "ldaps" for u in uris)
+    options: dict[int, Any] = {
+        ldap.OPT_REFERRALS: 0,
+        ldap.OPT_NETWORK_TIMEOUT: float(s.NETWORK_TIMEOUT),
+        ldap.OPT_TIMEOUT: float(s.OPERATION_TIMEOUT),
+    }
+    if uses_tls:
+        if s.CA_FILE:
+            options[ldap.OPT_X_TLS_CACERTFILE] = str(s.CA_FILE)
+        options[ldap.OPT_X_TLS_REQUIRE_CERT] = (
+            ldap.OPT_X_TLS_DEMAND if s.REQUIRE_CERT else ldap.OPT_X_TLS_NEVER
+        )
+        options[ldap.OPT_X_TLS_NEWCTX] = 0  # applies the options above; must come last
+    derived: dict[str, Any] = {
+        "SERVER_URI": " ".join(uris),
+        "BIND_DN": s.BIND_DN or "",
+        "BIND_PASSWORD": s.BIND_PASS or "",
+        "START_TLS": bool(s.START_TLS),
+        "CONNECTION_OPTIONS": options,
+        "USER_ATTR_MAP": {},
+        "ALWAYS_UPDATE_USER": True,
+        "GROUP_SEARCH": LDAPSearch(s.GROUP_SEARCH or "", ldap.SCOPE_SUBTREE, s.GROUP_FILTER),
+        "GROUP_TYPE": DirectoryGroupType(),
+    }
+    try:
+        attrlist = login_user_attributes()
+        name_attr = username_attribute()
+    except (ImproperlyConfigured, ValueError) as error:
+        # Reported by ``manage.py check`` too; logins fail (None) until it is fixed, and
+        # other backends (ModelBackend) keep working.
+        logger.error("directory login disabled: %s", error)
+        return derived
+    upn_attr = "userPrincipalName" if name_attr.lower() == "samaccountname" else None
+    derived["USER_SEARCH"] = DirectoryUserSearch(
+        s.USER_SEARCH or "", s.USER_FILTER, name_attr, attrlist, upn_attr
+    )
+    derived["USER_ATTRLIST"] = attrlist
+    return derived
+
+
+@dataclass
+class _DirectoryState:
+    """What one login learnt about its entry (kept on the ``_LDAPUser``)."""
+
+    entry: Entry
+    is_ad: bool
+    config: MappingConfig
+    record: UserRecord
+    groups: list[GroupRecord] | None = None
+
+
+class ADLDAPBackend(LDAPBackend):
+    """django-auth-ldap's backend, populating users through adldap-auth's mapper and store.
+
+    See the module documentation. Hooks a subclass may extend: :meth:`get_or_build_user`
+    (finds and writes the Django user), :meth:`directory_groups` (the user's groups).
+    """
+
+    @property
+    def default_settings(self) -> dict[str, Any]:  # type: ignore[override]
+        """Derived from ``LDAP_SYNC_*`` when configured; django-auth-ldap's own otherwise."""
+        if not self.uses_sync_settings():
+            return {}
+        return derived_settings()
+
+    @staticmethod
+    def uses_sync_settings() -> bool:
+        """True when the site configured the directory with ``LDAP_SYNC_*`` settings."""
+        return sync_settings.configured()
+
+    # -- Django's backend API ------------------------------------------------------------------
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        if not self.uses_sync_settings():
+            return super().authenticate(request, username=username, password=password, **kwargs)
+        username = kwargs.pop(self.get_user_model().USERNAME_FIELD, username)
+        if username is None:
+            return None
+        login = self._login_name(username)
+        if login is None:
+            return None
+        try:
+            return super().authenticate(request, username=login, password=password, **kwargs)
+        except ImproperlyConfigured as error:
+            logger.error("directory login of %r impossible: %s", login, error)
+            return None
+
+    def populate_user(self, username):
+        """Create or update a Django user from the directory without a password (the
+        django-auth-ldap API), through the same mapper and store as a login."""
+        if self.uses_sync_settings():
+            username = self._login_name(username)
+            if username is None:
+                return None
+        return super().populate_user(username)
+
+    def _login_name(self, username: str) -> str | None:
+        login = normalize_login_name(username)
+        if not login:
+            return None
+        if is_exempt(login, sync_settings.USER_EXEMPT_FROM_SYNC):
+            logger.info(
+                "directory login of %r refused: exempt from sync (LDAP_SYNC_USER_EXEMPT_FROM_SYNC)",
+                login,
+            )
+            return None
+        return login
+
+    # -- django-auth-ldap hooks ---------------------------------------------------------------
+
+    def get_or_build_user(self, username, ldap_user):
+        """Write the entry's user through the store and return ``(user, False)``.
+
+        Called by django-auth-ldap once the user is bound (or for :meth:`populate_user`).
+        Refusals raise ``AuthenticationFailed`` (the login returns None); directory failures
+        raise :class:`DirectoryLookupError`.
+        """
+        if not self.uses_sync_settings():
+            return super().get_or_build_user(username, ldap_user)
+        state = self.directory_state(ldap_user)
+        record = state.record
+        if record.disabled:
+            raise ldap_user.AuthenticationFailed(
+                f"the directory account {record.username!r} is disabled"
+            )
+        link = existing_user(record)
+        if link is None and self.settings.NO_NEW_USERS and not username_taken(record, state.config):
+            raise ldap_user.AuthenticationFailed("user does not satisfy AUTH_LDAP_NO_NEW_USERS")
+        if link is not None and link.removed_at is None and not self.settings.ALWAYS_UPDATE_USER:
+            return link.user, False
+        groups = self.directory_groups(ldap_user)
+        server = link.server if link is not None else self._server(ldap_user)
+        user = write_user(record, groups, state.config, server=server)
+        if user is None:
+            raise ldap_user.AuthenticationFailed(
+                f"the directory entry of {record.username!r} could not be written"
+            )
+        return user, False
+
+    # -- the directory side of one login ------------------------------------------------------
+
+    def directory_state(self, ldap_user) -> _DirectoryState:
+        """The user's entry, mapped (cached on ``ldap_user`` for the rest of the login)."""
+        state = getattr(ldap_user, "_adldap_state", None)
+        if state is not None:
+            return state
+        try:
+            entry = self._user_entry(ldap_user)
+        except DirectoryError as error:
+            raise _lookup_error(error) from None
+        is_ad = is_ad_entry(entry)
+        config = build_mapping_config(is_ad=is_ad)
+        try:
+            record = map_user(mapping_entry(entry, config), config)
+        except SkipEntry as skip:
+            level = logging.INFO if skip.exempt else logging.WARNING
+            logger.log(level, "directory login refused for %s: %s", entry.dn, skip)
+            raise ldap_user.AuthenticationFailed(str(skip)) from None
+        for problem in record.problems:
+            logger.warning("directory login of %s: %s", entry.dn, problem)
+        state = _DirectoryState(entry, is_ad, config, record)
+        ldap_user._adldap_state = state
+        return state
+
+    def directory_groups(self, ldap_user) -> list[GroupRecord]:
+        """The user's groups in the sync's scope, recursive, primary group included."""
+        state = self.directory_state(ldap_user)
+        if state.groups is None:
+            try:
+                state.groups = user_groups(
+                    self._session(ldap_user), state.entry, state.record, state.config, state.is_ad
+                )
+            except DirectoryError as error:
+                raise _lookup_error(error) from None
+        return state.groups
+
+    def _user_entry(self, ldap_user) -> Entry:
+        attrs = ldap_user.attrs
+        entry = getattr(attrs, "entry", None) if attrs is not None else None
+        if entry is None:
+            # The site's own AUTH_LDAP_USER_SEARCH or USER_DN_TEMPLATE, or django-auth-ldap's
+            # DN cache: read the entry with the mapper's attributes (one more search).
+            if ldap_user.dn is None:
+                raise ldap_user.AuthenticationFailed("the user has no directory entry")
+            entry = self._session(ldap_user).read_entry(ldap_user.dn, login_user_attributes())
+            if entry is None:
+                raise ldap_user.AuthenticationFailed("the user's directory entry is gone")
+        if any(";range=" in name for name in entry.attrs):
+            entry = complete_ranges(self._session(ldap_user), entry)
+        return entry
+
+    def _session(self, ldap_user) -> DirectorySession:
+        """A session on django-auth-ldap's connection, bound as the service account."""
+        uri = self.settings.SERVER_URI
+        return DirectorySession(ldap_user.connection, str(uri), connection_config())
+
+    def _server(self, ldap_user) -> str:
+        return connected_uri(ldap_user.connection, sync_settings.bind_uris)
