@@ -23,8 +23,8 @@ that died is taken over:
   0)``); "same machine" means the same host name, boot id and pid namespace, so two containers
   that share a host name never judge each other's pids;
 - otherwise when its heartbeat is older than ``LDAP_SYNC_LOCK_STALE_AFTER`` seconds (default 6
-  hours; ``None`` never takes a lock over by age). Keep it well above the longest time between
-  two heartbeats, i.e. the time one batch of ``LDAP_SYNC_WRITE_BATCH_SIZE`` users takes.
+  hours). Keep it well above the longest time between two heartbeats, i.e. the time one batch
+  of ``LDAP_SYNC_WRITE_BATCH_SIZE`` users takes.
 
 The lock is bound to its database: sites whose hosts use different databases are not
 serialised (they do not share data either).
@@ -208,7 +208,7 @@ class RunLock:
         if not self.held:
             return
         now = time.monotonic()
-        if not force and now - self._last_beat < HEARTBEAT_INTERVAL:
+        if not force and now - self._last_beat < self._beat_interval():
             return
         self._last_beat = now
         if self._session is not None:
@@ -234,6 +234,14 @@ class RunLock:
                 f"the sync lock {self.name!r} was taken over by another run (this run's "
                 "heartbeat was older than LDAP_SYNC_LOCK_STALE_AFTER); this run stops"
             )
+
+    @staticmethod
+    def _beat_interval() -> float:
+        """HEARTBEAT_INTERVAL, or less when LDAP_SYNC_LOCK_STALE_AFTER is very short."""
+        limit = stale_after()
+        if limit is None:
+            return HEARTBEAT_INTERVAL
+        return min(HEARTBEAT_INTERVAL, limit.total_seconds() / 4)
 
     def release(self) -> None:
         """Give the lock back. Safe to call twice, and after a :class:`LockLost`."""

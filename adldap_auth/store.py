@@ -51,6 +51,16 @@ class RunReport:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(text)
 
+    def snapshot(self) -> tuple[Counter, int]:
+        return Counter(self.counts), len(self.changes) if self.changes is not None else 0
+
+    def restore(self, saved: tuple[Counter, int]) -> None:
+        errors = self.counts["errors"]
+        self.counts, changes = Counter(saved[0]), saved[1]
+        self.counts["errors"] = errors
+        if self.changes is not None:
+            del self.changes[changes:]
+
     def warning(self, message: str, *args: Any) -> None:
         """A problem that did not stop an entry from syncing (truncated value, bad photo)."""
         text = message % args if args else message
@@ -216,10 +226,12 @@ class Store:
         per record that was not skipped.
         """
         records = self._drop_duplicate_usernames(records)
+        saved = self.report.snapshot()
         try:
             with transaction.atomic():
                 outcomes = self._sync_user_batch(records)
         except (IntegrityError, DatabaseError) as error:
+            self.report.restore(saved)  # the rolled-back batch changed nothing
             if len(records) == 1:
                 self.report.problem("user %s not written: %s", records[0].dn, error)
                 return []

@@ -13,12 +13,18 @@ Two ways to ask a server "what changed since last time":
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .conf import DEFAULTS
 from .directory.connection import RootDSE
 from .directory.decoding import format_generalized_time, parse_generalized_time
+
+logger = logging.getLogger("adldap_auth.sync")
+
+DEFAULTS_INCREMENTAL_USER_FILTER = DEFAULTS["USER_FILTER_INCREMENTAL"]
 
 USN = "usn"
 TIMESTAMP = "timestamp"
@@ -31,10 +37,16 @@ class Tracking:
 
 
 def choose_tracking(root: RootDSE, setting: str) -> Tracking:
-    """``LDAP_SYNC_CHANGE_TRACKING`` ("auto", "usn", "timestamp") for this server."""
+    """``LDAP_SYNC_CHANGE_TRACKING`` ("auto", "usn", "timestamp") for this server.
+
+    "usn" on a server without ``highestCommittedUSN`` (not AD) falls back to timestamps.
+    """
+    has_usn = root.is_ad and root.highest_committed_usn is not None
     kind = setting
-    if kind == "auto":
-        kind = USN if root.is_ad and root.highest_committed_usn is not None else TIMESTAMP
+    if kind == "auto" or (kind == USN and not has_usn):
+        if kind == USN:
+            logger.warning("LDAP_SYNC_CHANGE_TRACKING is 'usn' but the server has no USNs")
+        kind = USN if has_usn else TIMESTAMP
     if kind == USN:
         return Tracking(USN, "usnchanged")
     return Tracking(TIMESTAMP, "whenchanged" if root.is_ad else "modifytimestamp")
@@ -83,7 +95,11 @@ def changed_filter(
         return f"(&{base_filter}(uSNChanged>={int(marker.highest_usn) + 1}))"
     since = since_timestamp(marker, settings.INCREMENTAL_TIME_OFFSET)
     text = format_generalized_time(since, settings.INCREMENTAL_TIMESTAMPFORMAT)
-    if "?" in incremental_filter:
+    # The seed's default incremental filter names AD's objects and whenChanged: on other
+    # servers (or with a custom full filter) the scope's own filter plus the server's
+    # timestamp attribute is what a user means.
+    seed_default = incremental_filter == DEFAULTS_INCREMENTAL_USER_FILTER
+    if "?" in incremental_filter and not (seed_default and tracking.attribute != "whenchanged"):
         return incremental_filter.replace("?", text)
     attribute = "whenChanged" if tracking.attribute == "whenchanged" else "modifyTimestamp"
     return f"(&{base_filter}({attribute}>={text}))"

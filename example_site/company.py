@@ -5,7 +5,7 @@ so the lab's Samba and OpenLDAP loaders can load it) and :class:`Extras` holding
 spec has no field for: each user's ``manager`` (a user key) and ``mobile``. Everything is
 derived from a seeded ``random.Random``, so every machine builds the same company.
 
-Shape (about 300 people in 8 departments, one OU per department)::
+Shape (about 280 people in 9 departments, one OU per department)::
 
     All Staff
     +-- R&D
@@ -162,14 +162,19 @@ def demo_company() -> tuple[DirectorySpec, Extras]:
     extras = Extras()
     users: list[UserSpec] = []
     taken: set[str] = set(NAMED)
+    names: set[tuple[str, str, str]] = set()
     members: dict[str, list[str]] = {}
 
     def person(department: str, title: str | None = None, key: str | None = None) -> str:
         if key is not None:
             given, sn, title = NAMED[key]
         else:
-            given = GIVEN_NAMES[rng.randrange(len(GIVEN_NAMES))]
-            sn = SURNAMES[rng.randrange(len(SURNAMES))]
+            # The full name is the entry's CN on AD: unique within an OU (department).
+            while True:
+                given = GIVEN_NAMES[rng.randrange(len(GIVEN_NAMES))]
+                sn = SURNAMES[rng.randrange(len(SURNAMES))]
+                if (department, given, sn) not in names:
+                    break
             base = ascii_key(given, sn)[:18]
             key, number = base, 2
             while key in taken:
@@ -178,6 +183,7 @@ def demo_company() -> tuple[DirectorySpec, Extras]:
             if title is None:
                 titles = DEPARTMENTS[department][1]
                 title = titles[rng.randrange(len(titles))]
+        names.add((department, given, sn))
         photo = None
         if key in NAMED or rng.random() < PHOTO_RATIO:
             photo = avatar(given[0] + sn[0], seed=SEED * 1000 + len(users))

@@ -225,6 +225,15 @@ def describe_changes(changes: list[str]) -> list[str]:
     return [re.sub(r"(user|group)#(\d+)", name, line) for line in changes]
 
 
+def print_changes(changes: list[str], limit: int = 40) -> None:
+    lines = describe_changes(changes)
+    say("    changes made:" if lines else "    no changes")
+    for line in lines[:limit]:
+        say(f"      {line}")
+    if len(lines) > limit:
+        say(f"      ... and {len(lines) - limit} more")
+
+
 def make_demo_admin() -> None:
     """The demo account may open the admin (a local flag: the directory says nothing of it)."""
     from django.contrib.auth import get_user_model
@@ -395,7 +404,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--directory",
         choices=["auto", "samba", "openldap"],
         default=os.environ.get("ADLDAP_DEMO_DIRECTORY_KIND", "auto"),
-        help="auto (default): Samba AD DC, or OpenLDAP when Samba cannot run",
+        help="auto (default): Samba AD DC, or OpenLDAP when Samba cannot run now; "
+        "samba: wait for a test run's Samba DC to finish",
     )
     parser.add_argument("--port", type=int, default=8000, help="port of the site (8000)")
     mode = parser.add_mutually_exclusive_group()
@@ -466,6 +476,8 @@ def _run(args, spec, extras, stack: contextlib.ExitStack, started: float) -> int
     step(3, f"First sync ({mode}{': the database was synced before' if synced_before else ''})")
     totals = {"groups": len(spec.groups), "users": len(spec.users), "sweep": len(spec.users)}
     first = run_sync(mode, totals if mode == "full" else None)
+    if mode != "full":
+        print_changes(first.changes or [])
     make_demo_admin()
 
     step(4, "Changes in the directory")
@@ -474,10 +486,7 @@ def _run(args, spec, extras, stack: contextlib.ExitStack, started: float) -> int
 
     step(5, "Incremental sync: only what changed")
     second = run_sync("incremental", None)
-    changes = describe_changes(second.changes or [])
-    say("    changes made:" if changes else "    no changes")
-    for line in changes:
-        say(f"      {line}")
+    print_changes(second.changes or [])
     sync_seconds = first.seconds + second.seconds
 
     if args.no_serve:

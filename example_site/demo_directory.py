@@ -182,9 +182,11 @@ class SambaDirectory(DemoDirectory):
     kind = "ad"
     label = "Samba AD domain controller"
 
-    def __init__(self, spec, extras, say, root: Path = DEMO_ROOT):
+    def __init__(self, spec, extras, say, root: Path = DEMO_ROOT, wait: bool = False):
         super().__init__(spec, extras, say)
         self.root = root
+        #: Wait for the lab lock (a test run) rather than give up at once.
+        self.wait = wait
         self.dc: lab_samba.SambaDC | None = None
 
     # availability and lifecycle ----------------------------------------------------------
@@ -200,7 +202,7 @@ class SambaDirectory(DemoDirectory):
                 f"{' and '.join(missing)} not found (Debian packages samba samba-ad-dc winbind "
                 "krb5-user: `make deps` installs them)"
             )
-        holder = _lock_holder()
+        holder = None if self.wait else _lock_holder()
         if holder is not None:
             raise Unavailable(
                 f"the test lab's Samba DC is in use (pid {holder}, probably a test run): only "
@@ -210,7 +212,7 @@ class SambaDirectory(DemoDirectory):
     def open(self, stack: contextlib.ExitStack) -> None:
         self.check_can_run()
         try:
-            stack.enter_context(lab_samba.lab_lock(timeout=0))
+            stack.enter_context(lab_samba.lab_lock(timeout=3600 if self.wait else 0))
         except lab_samba.SambaError as error:
             raise Unavailable(_first_line(error)) from None
         try:
@@ -377,9 +379,10 @@ def open_directory(
     stack: contextlib.ExitStack,
     say: Callable[[str], None],
 ) -> DemoDirectory:
-    """Start the chosen directory ("samba", "openldap" or "auto": Samba, else OpenLDAP)."""
+    """Start the chosen directory: "samba" (waiting for a test run's DC to finish), "openldap",
+    or "auto" (Samba when it can run now, else OpenLDAP)."""
     if choice in ("auto", "samba"):
-        directory = SambaDirectory(spec, extras, say)
+        directory = SambaDirectory(spec, extras, say, wait=choice == "samba")
         try:
             # Its own stack: a failed attempt releases the lab lock and stops samba at once.
             with contextlib.ExitStack() as attempt:

@@ -176,3 +176,22 @@ def test_sync_these_users_now_needs_the_change_permission(client):
     page = client.get("/admin/auth/user/")
     assert page.status_code == 200
     assert "sync_users_now" not in page.content.decode()
+
+
+def test_sync_users_now_finds_active_directory_users_by_object_guid(samba_dc):
+    from adldap_auth.resync import sync_users_now
+    from tests.helpers import samba_settings
+
+    with override_settings(**samba_settings(samba_dc)):
+        assert run_sync(SyncOptions(mode="full")).ok
+        alice = User.objects.get(username="alice")
+        groups = set(alice.groups.values_list("name", flat=True))
+        assert {"Rocket Team", "Everyone"} <= groups
+        alice.first_name = "Changed"
+        alice.save()
+        alice.groups.clear()
+        result = sync_users_now(User.objects.filter(username__in=["alice", "carol"]))
+    assert sorted(result.synced) == ["alice", "carol"] and result.ok, result.message()
+    alice.refresh_from_db()
+    assert alice.first_name == "Alice"
+    assert set(alice.groups.values_list("name", flat=True)) == groups

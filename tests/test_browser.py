@@ -202,6 +202,10 @@ def test_directory_user_sees_photo_and_nested_groups(example_site, browser):
     page.goto(f"{example_site.url}/people/")
     bob = page.locator('.person[data-username="bob"]')
     assert "Bob Baker" in bob.inner_text()
-    assert bob.locator("img").evaluate("img => img.complete && img.naturalWidth") == 48
+    bob.scroll_into_view_if_needed()  # photos load lazily
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=bob.locator("img").element_handle()
+    )
+    assert bob.locator("img").evaluate("img => img.naturalWidth") == 48
     assert page.locator('.person[data-username="dave"]').count() == 0  # disabled: not listed
     _screenshot(page, "browser-people.png", full_page=False)  # 1,600 bulk users below

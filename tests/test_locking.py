@@ -115,9 +115,10 @@ def test_row_lock_of_another_host_waits_for_lock_stale_after():
     SyncLock.objects.create(name="syncldap", owner=str(other), acquired_at=now, heartbeat_at=now)
     with pytest.raises(LockHeld, match="pid 4242 on host elsewhere"):
         RunLock().acquire()
-    SyncLock.objects.update(heartbeat_at=now - timedelta(hours=7))  # default: 6 hours
-    with override_settings(LDAP_SYNC_LOCK_STALE_AFTER=None), pytest.raises(LockHeld):
+    SyncLock.objects.update(heartbeat_at=now - timedelta(hours=5))  # default: 6 hours
+    with pytest.raises(LockHeld):
         RunLock().acquire()
+    SyncLock.objects.update(heartbeat_at=now - timedelta(hours=7))
     with run_lock() as lock:
         assert SyncLock.objects.get().owner == str(lock.owner)
     SyncLock.objects.update(owner=str(other), heartbeat_at=timezone.now() - timedelta(seconds=90))

@@ -812,7 +812,7 @@ def test_build_mapping_config_profiles(settings):
     (spec,) = config.profiles
     assert spec.label == "testapp.Employee"
     assert spec.text_fields == {"department": 100, "title": 100}
-    assert spec.file_fields == frozenset({"thumbnailphoto"})
+    assert spec.file_fields == frozenset({"thumbnailphoto", "jpegphoto"})
     assert "thumbnailphoto" in user_attribute_list(config)
     assert "jpegphoto" not in user_attribute_list(config)
     entry = user_entry(department="IT", title="Admin", thumbnailPhoto=JPEG)

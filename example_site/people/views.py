@@ -27,23 +27,21 @@ def _manager(employee: Employee | None):
     """The manager's Django user, found by the DN the sync stored (None when not synced)."""
     if employee is None or not employee.manager:
         return None
-    wanted = normalize_dn(employee.manager)
-    for link in DirectoryUser.objects.select_related("user").filter(dn__iexact=employee.manager):
-        if normalize_dn(link.dn) == wanted:
-            return link.user
-    return None
+    link = (
+        DirectoryUser.objects.select_related("user")
+        .filter(dn__in=[employee.manager], removed_at__isnull=True)
+        .first()
+    )
+    return link.user if link else None
 
 
 def manager_names(dns: set[str]) -> dict[str, str]:
-    """Full names of the synced users with these DNs, by normalised DN (the manager's CN when
-    the manager is not synced)."""
+    """Full names of the synced users with these DNs, by normalised DN (else the DN's CN)."""
     wanted = {normalize_dn(dn): dn for dn in dns}
     names = {key: Employee(manager=dn).manager_name for key, dn in wanted.items()}
-    links = DirectoryUser.objects.select_related("user").filter(removed_at__isnull=True)
-    for link in links.only("dn", "user__first_name", "user__last_name", "user__username"):
-        key = normalize_dn(link.dn)
-        if key in wanted:
-            names[key] = link.user.get_full_name() or link.user.get_username()
+    links = DirectoryUser.objects.select_related("user").filter(dn__in=list(dns))
+    for link in links.filter(removed_at__isnull=True):
+        names[normalize_dn(link.dn)] = link.user.get_full_name() or link.user.get_username()
     return names
 
 

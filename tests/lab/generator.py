@@ -161,7 +161,11 @@ def _add_cycles(
 
 @dataclass
 class Changes:
-    """What :func:`mutate` changed: user keys, and ``(group name, member)`` pairs."""
+    """What :func:`mutate` changed: user keys, and ``(group name, member)`` pairs.
+
+    A moved user (``ou`` changed) is in ``users_modified``; the groups holding it are not in
+    ``groups_modified``, though on the server their ``member`` values change to its new DN.
+    """
 
     users_added: list[str] = field(default_factory=list)
     users_modified: list[str] = field(default_factory=list)
@@ -191,8 +195,11 @@ def _modify_user(rng: random.Random, user: UserSpec, kind: str) -> UserSpec:
         return dataclasses.replace(user, department=department, ou=department)
     if kind == "surname":
         return dataclasses.replace(user, sn=user.sn + "-Changed", cn=None)
-    if kind == "mail":
-        return dataclasses.replace(user, mail=f"{user.key}.new@example.test")
+    if kind == "mail":  # alternates, so that every mutation really changes the value
+        mail = f"{user.key}@example.test"
+        return dataclasses.replace(
+            user, mail=f"{user.key}.new@example.test" if user.mail == mail else mail
+        )
     if kind == "disabled":
         return dataclasses.replace(user, disabled=not user.disabled)
     if kind == "photo":

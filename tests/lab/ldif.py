@@ -349,7 +349,11 @@ def _member_mods(old: list[bytes], new: list[bytes]) -> list[Modification]:
 
 
 def diff_operations(
-    old: DirectorySpec, new: DirectorySpec, *, photo_attribute: str = PHOTO_ATTRIBUTE
+    old: DirectorySpec,
+    new: DirectorySpec,
+    *,
+    member_renames: bool = False,
+    photo_attribute: str = PHOTO_ATTRIBUTE,
 ) -> list[list[Op]]:
     """The writes that turn a server loaded from ``old`` into ``new``, in phases.
 
@@ -357,8 +361,10 @@ def diff_operations(
     in order: new OUs, new users, user moves, user changes, new groups (with the empty
     member), member changes, removed groups, removed users, OUs left empty. Users and groups
     are matched by key and name; a changed ``ou`` is a move (``moddn``), which keeps the
-    entryUUID.
-    ``diff_operations(DirectorySpec([], []), spec)`` plus :func:`base_entries` loads a spec.
+    entryUUID. ``member_renames`` says the server rewrites ``member`` values when a member
+    is renamed (the memberof overlay with memberof-refint, or refint), so the groups of a
+    moved user need no write of their own. ``diff_operations(DirectorySpec([], []), spec)``
+    plus :func:`base_entries` loads a spec.
     """
     old_dns, new_dns = DnMap(old), DnMap(new)
     old_users = {user.key: user for user in old.users}
@@ -392,15 +398,17 @@ def diff_operations(
     moved = {
         key for key in new_users if key in old_users and old_dns.users[key] != new_dns.users[key]
     }
+    # DNs the server holds in member values after the moves: with member_renames, the server
+    # rewrote them itself; otherwise the old DNs stay and the member changes replace them.
+    renamed = {}
+    if member_renames:
+        renamed = {old_dns.users[key].encode(): new_dns.users[key].encode() for key in moved}
     empty = [EMPTY_MEMBER.encode()]
     group_adds: list[Op] = []
     group_mods: list[Op] = []
     for name, group in new_groups.items():
         before = old_groups.get(name)
-        touches_moved = bool(moved) and any(
-            member in moved for member in (*group.members, *(before.members if before else ()))
-        )
-        if before is group and not touches_moved:
+        if before is group and not (moved and any(member in moved for member in group.members)):
             continue
         dn = new_dns.groups[name]
         attrs = group_attrs(group, new_dns)
@@ -412,13 +420,9 @@ def diff_operations(
         else:
             old_attrs = group_attrs(before, old_dns)
         new_members, old_members = attrs.pop("member"), old_attrs.pop("member")
-        if touches_moved:
-            # The moddn left the old DNs (or, with refint, already rewrote them): replacing
-            # the whole list is right in both cases.
-            mods: list[Modification] = [("replace", "member", new_members)]
-        else:
-            mods = _member_mods(old_members, new_members)
-        mods += _attr_mods(old_attrs, attrs)
+        if renamed:
+            old_members = [renamed.get(member, member) for member in old_members]
+        mods = _member_mods(old_members, new_members) + _attr_mods(old_attrs, attrs)
         if mods:
             group_mods.append(Op("modify", dn, mods=mods))
     group_deletes = [Op("delete", old_dns.groups[n]) for n in old_groups if n not in new_groups]
@@ -457,9 +461,12 @@ def changes_ldif(phases: Iterable[Iterable[Op]]) -> bytes:
 
 
 class _Server(Protocol):
-    uri: str
-    ldaps_uri: str | None
-    ca_file: str | None
+    @property
+    def uri(self) -> str: ...
+    @property
+    def ldaps_uri(self) -> str | None: ...
+    @property
+    def ca_file(self) -> str | None: ...
 
 
 def openldap_sync_settings(

@@ -38,6 +38,7 @@ from typing import Any, Literal
 from urllib.parse import quote_plus
 
 import ldap
+from ldap.filter import escape_filter_chars
 from ldap.ldapobject import LDAPObject
 from slapdtest import SlapdObject
 
@@ -419,12 +420,23 @@ class LabSlapd(SlapdObject):
                 _run_phase(
                     conn, [ldif.Op("add", dn, attrs) for dn, attrs in ldif.base_entries()], 1
                 )
-            for phase in ldif.diff_operations(old, new, photo_attribute=self.photo_attribute):
+            for phase in self.operations(old, new):
                 _run_phase(conn, phase, window)
+                if "refint" in self.overlays and phase[0].kind == "moddn":
+                    _await_refint(conn, [op.dn for op in phase])
             self._loaded = True
         finally:
             conn.unbind_s()
         self._set_spec(new)
+
+    def operations(self, old: DirectorySpec, new: DirectorySpec) -> list[list[ldif.Op]]:
+        """The writes :meth:`apply` sends (:func:`ldif.changes_ldif` makes them LDIF)."""
+        return ldif.diff_operations(
+            old,
+            new,
+            member_renames=bool({"memberof", "refint"} & set(self.overlays)),
+            photo_attribute=self.photo_attribute,
+        )
 
     def _has_suffix(self, conn: LDAPObject) -> bool:
         try:
@@ -508,6 +520,20 @@ def _die_with_parent() -> None:
     """In the child: get SIGTERM when the test process dies, so no slapd outlives a run."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _await_refint(conn: LDAPObject, old_dns: list[str], timeout: float = 30.0) -> None:
+    """Wait until the refint overlay, which works in a background thread after the rename
+    has returned, has rewritten every ``member`` value naming one of ``old_dns``."""
+    deadline = time.monotonic() + timeout
+    for start in range(0, len(old_dns), 100):
+        chunk = old_dns[start : start + 100]
+        terms = "".join(f"(member={escape_filter_chars(dn)})" for dn in chunk)
+        filterstr = f"(|{terms})"
+        while conn.search_s(ldif.GROUPS_DN, ldap.SCOPE_SUBTREE, filterstr, ["1.1"]):
+            if time.monotonic() > deadline:
+                raise TimeoutError("refint did not rewrite the members of renamed entries")
+            time.sleep(0.01)
 
 
 def _run_phase(conn: LDAPObject, ops: Iterable[ldif.Op], window: int) -> None:
