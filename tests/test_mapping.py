@@ -814,7 +814,7 @@ def test_build_mapping_config_profiles(settings):
     assert spec.text_fields == {"department": 100, "title": 100}
     assert spec.file_fields == frozenset({"thumbnailphoto", "jpegphoto"})
     assert "thumbnailphoto" in user_attribute_list(config)
-    assert "jpegphoto" not in user_attribute_list(config)
+    assert "jpegphoto" in user_attribute_list(config)  # the profile has a jpegphoto field too
     entry = user_entry(department="IT", title="Admin", thumbnailPhoto=JPEG)
     record = map_user(entry, config)
     assert record.profiles == {"testapp.Employee": {"department": "IT", "title": "Admin"}}
