@@ -383,7 +383,7 @@ def test_profile_fields_from_extra_attributes_joined():
     assert record.profiles == {
         "testapp.Employee": {"department": "R&D|Ops", "title": "Engineer", "description": ""}
     }
-    assert record.photos == {"testapp.Employee": {"thumbnailphoto": JPEG}}
+    assert record.photos == {"testapp.Employee": {"thumbnailphoto": JPEG, "jpegphoto": None}}
 
 
 def test_profile_separator_is_configurable():
@@ -818,7 +818,7 @@ def test_build_mapping_config_profiles(settings):
     entry = user_entry(department="IT", title="Admin", thumbnailPhoto=JPEG)
     record = map_user(entry, config)
     assert record.profiles == {"testapp.Employee": {"department": "IT", "title": "Admin"}}
-    assert record.photos == {"testapp.Employee": {"thumbnailphoto": JPEG}}
+    assert record.photos == {"testapp.Employee": {"thumbnailphoto": JPEG, "jpegphoto": None}}
 
 
 @pytest.mark.parametrize(
