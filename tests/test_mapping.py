@@ -383,7 +383,7 @@ def test_profile_fields_from_extra_attributes_joined():
     assert record.profiles == {
         "testapp.Employee": {"department": "R&D|Ops", "title": "Engineer", "description": ""}
     }
-    assert record.photos == {"testapp.Employee": {"thumbnailphoto": JPEG, "jpegphoto": None}}
+    assert record.photos == {"testapp.Employee": {"thumbnailphoto": JPEG}}
 
 
 def test_profile_separator_is_configurable():
