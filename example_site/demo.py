@@ -422,6 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignored it
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     started = time.monotonic()
@@ -438,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 say()
                 say("Interrupted: stopping the site and the directory...")
-                return 130
+                return 0  # Ctrl-C is how the demo ends
             finally:
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not stop the cleanup
                 stack.close()
                 say("Stopped: nothing of the demo is left running.")
     except (DemoError, Unavailable) as error:

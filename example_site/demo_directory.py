@@ -215,10 +215,7 @@ class SambaDirectory(DemoDirectory):
             stack.enter_context(lab_samba.lab_lock(timeout=3600 if self.wait else 0))
         except lab_samba.SambaError as error:
             raise Unavailable(_first_line(error)) from None
-        try:
-            lab_samba.clear_ports()
-        except lab_samba.SambaError as error:
-            raise Unavailable(_first_line(error)) from None
+        self._clear_ports()
         if not self._usable():
             self._build()
         self._fix_paths(self.root)
@@ -235,6 +232,40 @@ class SambaDirectory(DemoDirectory):
         if not (self.root / EXTRAS_DONE).exists():
             self.add_extras()
             (self.root / EXTRAS_DONE).write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+
+    def _clear_ports(self) -> None:
+        """Stop this demo's own samba left over by a killed run; refuse any other listener.
+
+        Unlike :func:`tests.lab.samba.clear_ports`, never stops a test session's samba, even
+        when the lab lock cannot see it (another /tmp: a chroot or a private /tmp).
+        """
+        self.stop()
+        for port in lab_samba.SAMBA_PORTS:
+            if not lab_samba._port_taken(port):
+                continue
+            for pid in lab_samba._listener_pids(port):
+                if self._is_ours(pid):
+                    self.say(f"stopping this demo's samba left over by an earlier run (pid {pid})")
+                    lab_samba._kill_leftover(pid)
+            if lab_samba._port_taken(port):
+                who = lab_samba._listener_pids(port)
+                shown = ", ".join(lab_samba._describe(pid) for pid in sorted(who)) or "unknown"
+                raise Unavailable(f"{lab_samba.HOST}:{port} is in use by {shown}")
+
+    def _is_ours(self, pid: int) -> bool:
+        """A samba process with files open in this demo's folder."""
+        prefix = str(self.root) + "/"
+        try:
+            if Path(os.readlink(f"/proc/{pid}/exe")).name != "samba":
+                return False
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            return False
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                    return True
+        return False
 
     def _usable(self) -> bool:
         return (self.root / "lab.json").is_file() and (self.root / "etc" / "smb.conf").is_file()
@@ -283,7 +314,7 @@ class SambaDirectory(DemoDirectory):
             return
         with contextlib.suppress(OSError, ValueError):
             pid = int((self.root / "run" / "samba.pid").read_text().split()[0])
-            if lab_samba._pid_alive(pid) and lab_samba._is_lab_samba(pid):
+            if lab_samba._pid_alive(pid) and self._is_ours(pid):
                 lab_samba._terminate(pid)
 
     # directory names ------------------------------------------------------------------------
