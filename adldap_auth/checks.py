@@ -513,9 +513,9 @@ _ADVICE = {
     "USERNAME_FIELD": "None uses the user model's USERNAME_FIELD.",
     "USER_SEARCH": "None uses LDAP_SYNC_BIND_SEARCH.",
     "GROUP_SEARCH": "None uses LDAP_SYNC_BIND_SEARCH.",
-    "LOGIN_GROUP_RESOLUTION": '"auto" resolves a logging-in user\'s groups with one '
-    'LDAP_MATCHING_RULE_IN_CHAIN search on Active Directory and with the cached group graph '
-    'elsewhere; "graph" always uses the graph.',
+    "LOGIN_GROUP_RESOLUTION": '"auto" resolves a logging-in user\'s groups with tokenGroups '
+    'on Active Directory and with the cached group graph elsewhere; "in_chain" uses one '
+    'LDAP_MATCHING_RULE_IN_CHAIN search on AD; "graph" always uses the graph.',
     "LOGIN_GROUP_CACHE_TIMEOUT": "Seconds the login backend keeps the group graph in the "
     "process; 0 reads it at every login.",
 }
@@ -1028,7 +1028,7 @@ VALIDATORS: dict[str, Callable[[str, Any], list[Message]]] = {
     "REMOVAL_GRACE": _removal_grace,
     "LOCK_STALE_AFTER": _seconds,
     "WRITE_BATCH_SIZE": _integer(1),
-    "LOGIN_GROUP_RESOLUTION": _choice("auto", "graph"),
+    "LOGIN_GROUP_RESOLUTION": _choice("auto", "in_chain", "graph"),
     "LOGIN_GROUP_CACHE_TIMEOUT": _integer(0),
 }
 

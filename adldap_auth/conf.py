@@ -92,8 +92,10 @@ DEFAULTS: dict[str, Any] = {
     "LOCK_STALE_AFTER": 6 * 3600,  # seconds after which a lock whose holder is silent is taken over
     "WRITE_BATCH_SIZE": 1000,
     # Login backend (new): how adldap_auth.backends.ADLDAPBackend finds a user's groups.
-    # "auto": on Active Directory one LDAP_MATCHING_RULE_IN_CHAIN search of the group scope;
-    # elsewhere the group graph, read once and kept in the process. "graph": always the graph.
+    # "auto": on Active Directory tokenGroups plus one search of the group scope (falling back
+    # to "in_chain" when that cannot answer for sure); elsewhere the group graph, read once and
+    # kept in the process. "in_chain": on AD one LDAP_MATCHING_RULE_IN_CHAIN search (slower on
+    # the server). "graph": always the cached group graph.
     "LOGIN_GROUP_RESOLUTION": "auto",
     # Seconds a login process keeps the group graph it read (graph resolution only); 0 reads
     # the graph at every login. Group changes reach logins after at most this delay.

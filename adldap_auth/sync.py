@@ -14,12 +14,14 @@ Any incomplete read (error, limit, timeout) ends the run as failed *before* step
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import DatabaseError
 from django.utils import timezone
 
 from . import signals
@@ -191,6 +193,7 @@ class SyncEngine:
         self.mode_reason = ""
         self.run_record: SyncRun | None = None
         self.error_kind = ""
+        self.extra_sessions: list[DirectorySession] = []
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -206,14 +209,17 @@ class SyncEngine:
             self.run_record.server = self.session.uri
             self.root = self.session.root_dse()
             self._run_body()
-        except (DirectoryError, RemovalRefused) as exc:
+        except (DirectoryError, RemovalRefused, DatabaseError) as exc:
+            # DatabaseError: what the store could not isolate to one entry (lost connection,
+            # a race it could not resolve). Batches already committed stay; nobody is removed.
             error = str(exc)
             self.error_kind = type(exc).__name__
             status = SyncRun.STATUS_FAILED
             logger.error("sync run failed: %s", error)
         finally:
-            if self.session is not None:
-                self.session.close()
+            for session in [self.session, *self.extra_sessions]:
+                if session is not None:
+                    session.close()
         if status == SyncRun.STATUS_SUCCESS and self.report.counts.get("errors"):
             status = SyncRun.STATUS_PARTIAL
         return self._finish(status, error, time.monotonic() - started)
@@ -227,7 +233,9 @@ class SyncEngine:
         record.finished_at = timezone.now()
         record.counts = dict(self.report.counts)
         record.problems = self.report.problems
-        record.ldap_searches = self.session.search_count if self.session else 0
+        record.ldap_searches = sum(
+            s.search_count for s in [self.session, *self.extra_sessions] if s is not None
+        )
         record.save()
         result = SyncResult(
             run_id=record.pk,
@@ -539,6 +547,7 @@ class MembershipPlanner:
         self.group_ids = group_ids
         self.default_ids = default_ids
         self.legacy = sync_settings.GROUP_MEMBERSHIP_MODE == "filter"
+        self._lookup_session: DirectorySession | None = None
 
     def desired(self, outcomes) -> dict[int, set[int]]:
         wanted: dict[int, set[int]] = {}
@@ -560,13 +569,22 @@ class MembershipPlanner:
             return self.graph.groups_for(record.member_key, record.primary_group_sid)
         return self._legacy_group_guids(record)
 
+    def _lookups(self) -> DirectorySession:
+        """A second connection to the same server: the per-user searches of the seed's mode
+        run while the paged user search is open, and a server may not interleave them."""
+        if self._lookup_session is None:
+            config = dataclasses.replace(connection_config(), uris=(self.engine.session.uri,))
+            self._lookup_session = DirectorySession.open(config)
+            self.engine.extra_sessions.append(self._lookup_session)
+        return self._lookup_session
+
     def _legacy_group_guids(self, record: UserRecord) -> set[str]:
         """The seed's way: one search per user with LDAP_SYNC_GROUP_MEMBERSHIP_FILTER."""
         s = sync_settings
         filterstr = member_filter(s.GROUP_MEMBERSHIP_FILTER, record.dn)
         scope = Scope(s.GROUP_SEARCH, f"(&{s.GROUP_FILTER}{filterstr})")
         guids = set()
-        for entry in read_entries(self.engine.session, scope, [self.config.identity_attribute]):
+        for entry in read_entries(self._lookups(), scope, [self.config.identity_attribute]):
             guid = entry_guid(entry, self.config.identity_attribute)
             if guid:
                 guids.add(guid)

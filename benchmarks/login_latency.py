@@ -10,8 +10,11 @@ Engineering < R&D < Staff < Everyone, four levels of nesting) with each variant:
 
 ``adldap auto``
     ``ADLDAPBackend`` configured by ``LDAP_SYNC_*`` (the lab settings of ``tests.helpers``):
-    user search, bind, one ``LDAP_MATCHING_RULE_IN_CHAIN`` group search, and the writes of the
-    shared store (fields, Employee profile, photo, groups, memberships, identity link).
+    user search, bind, ``tokenGroups``, one group search, and the writes of the shared store
+    (fields, Employee profile, photo, groups, memberships, identity link).
+``adldap in_chain``
+    The same with ``LDAP_SYNC_LOGIN_GROUP_RESOLUTION = "in_chain"``: one
+    ``LDAP_MATCHING_RULE_IN_CHAIN`` group search instead of ``tokenGroups`` and the SID search.
 ``adldap graph``
     The same with ``LDAP_SYNC_LOGIN_GROUP_RESOLUTION = "graph"``: groups from the group graph
     cached in the process (warm: no group search at all).
@@ -102,7 +105,8 @@ def variant(backend: str, resolution: str) -> Callable[[], None]:
 
 
 VARIANTS = {
-    "adldap auto (IN_CHAIN)": variant(ADLDAP, "auto"),
+    "adldap auto (tokenGroups)": variant(ADLDAP, "auto"),
+    "adldap in_chain": variant(ADLDAP, "in_chain"),
     "adldap graph (cached)": variant(ADLDAP, "graph"),
     "django-auth-ldap nested-AD": variant(PLAIN, "auto"),
 }

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 
-_config = json.loads(open(os.environ["BENCH_CONFIG"], encoding="utf-8").read())
+with open(os.environ["BENCH_CONFIG"], encoding="utf-8") as _handle:
+    _config = json.load(_handle)
 KIND = _config["kind"]
 
 SECRET_KEY = "adldap-auth-benchmark-not-secret"
@@ -49,3 +50,24 @@ LOGGING = {
 }
 
 globals().update(_config.get("settings", {}))
+
+if KIND == "django_auth_ldap":
+    # django-auth-ldap configured as its documentation says for nested groupOfNames, with
+    # mirrored groups: the only alternative that gets recursive memberships right.
+    import ldap
+    from django_auth_ldap.config import LDAPSearch, NestedGroupOfNamesType
+
+    _ldap = _config["ldap"]
+    AUTHENTICATION_BACKENDS = ["django_auth_ldap.backend.LDAPBackend"]
+    AUTH_LDAP_SERVER_URI = _ldap["uri"]
+    AUTH_LDAP_BIND_DN = _ldap["bind_dn"]
+    AUTH_LDAP_BIND_PASSWORD = _ldap["bind_password"]
+    AUTH_LDAP_USER_SEARCH = LDAPSearch(
+        _ldap["people_dn"], ldap.SCOPE_SUBTREE, "(&(objectClass=inetOrgPerson)(uid=%(user)s))"
+    )
+    AUTH_LDAP_USER_ATTR_MAP = {"first_name": "givenName", "last_name": "sn", "email": "mail"}
+    AUTH_LDAP_GROUP_SEARCH = LDAPSearch(
+        _ldap["groups_dn"], ldap.SCOPE_SUBTREE, "(objectClass=groupOfNames)"
+    )
+    AUTH_LDAP_GROUP_TYPE = NestedGroupOfNamesType()
+    AUTH_LDAP_MIRROR_GROUPS = True

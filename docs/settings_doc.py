@@ -687,12 +687,14 @@ SETTINGS: dict[str, dict] = {
     # -- login -------------------------------------------------------------------------------
     "LOGIN_GROUP_RESOLUTION": {
         "section": "login",
-        "type": '`"auto"` or `"graph"`',
+        "type": '`"auto"`, `"in_chain"` or `"graph"`',
         "description": (
-            "How the login backend finds the groups of a user who logs in. `\"auto\"`: on "
-            "Active Directory one `LDAP_MATCHING_RULE_IN_CHAIN` search of the group scope; "
-            "elsewhere the group graph, read once and kept in the process. `\"graph\"`: always "
-            "the graph."
+            "How the login backend finds the groups of a user who logs in (the result is the "
+            "batch's in every case). `\"auto\"`: on Active Directory the user's `tokenGroups` "
+            "and one search of the group scope, falling back to `\"in_chain\"` when that "
+            "cannot answer for sure; elsewhere the group graph, read once and kept in the "
+            "process. `\"in_chain\"`: on AD one `LDAP_MATCHING_RULE_IN_CHAIN` search (fewer "
+            "round trips, more work for the server). `\"graph\"`: always the graph."
         ),
         "example": '"auto"',
         "seed": False,

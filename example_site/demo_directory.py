@@ -174,8 +174,17 @@ def _lock_holder() -> str | None:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    """A one-line reason: the error's first line (without a long command line) and, for a
+    failed command, the line of its output that says what went wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    head = lines[0]
+    if "failed (exit" in head:
+        head = head.split("):", 1)[0] + ")"
+    errors = [line for line in lines[1:] if "error" in line.lower()]
+    detail = errors[-1] if errors else (lines[-1] if len(lines) > 1 else "")
+    return f"{head}: {detail}" if detail else head
 
 
 class SambaDirectory(DemoDirectory):
@@ -315,6 +324,7 @@ class SambaDirectory(DemoDirectory):
         with contextlib.suppress(OSError, ValueError):
             pid = int((self.root / "run" / "samba.pid").read_text().split()[0])
             if lab_samba._pid_alive(pid) and self._is_ours(pid):
+                self.say(f"stopping this demo's samba left over by an earlier run (pid {pid})")
                 lab_samba._terminate(pid)
 
     # directory names ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from django.contrib.auth import authenticate, get_user_model
 from django.test import override_settings
 
 from adldap_auth.backends import ADLDAPBackend
+from adldap_auth.directory.decoding import sid_to_str
 from adldap_auth.login import IN_CHAIN
 from adldap_auth.models import DirectoryUser
 from adldap_auth.sync import SyncOptions, run_sync
@@ -88,9 +89,14 @@ def test_agreement_when_a_group_between_two_others_is_outside_the_scope(samba_dc
     keys = {key: LAB_PASSWORD for key in PEOPLE}
     with override_settings(**settings_for(samba_dc, **more)):
         by_login = login_path_state(keys)
+        with SearchSpy().active() as spy:
+            assert authenticate(username="alice", password=LAB_PASSWORD) is not None
         by_batch = batch_state()
     for key in PEOPLE:
         assert by_login[key] == by_batch[key], key
+    # Rocket Team's parent Engineering is under the group base but was not found: the
+    # tokenGroups answer cannot be trusted, the IN_CHAIN search answers (one more search).
+    assert spy.count == 4 and IN_CHAIN in spy.calls[3][1]
     assert by_login["alice"]["groups"] == {"Rocket Team"} | builtin_groups(samba_dc)
     assert {"Staff", "Everyone"} <= by_login["carol"]["groups"]  # carol is in Staff directly
     assert "R&D" not in by_login["bob"]["groups"]  # bob is in Engineering directly
@@ -111,18 +117,33 @@ def test_login_after_a_batch_run_changes_nothing(samba_dc):
 
 
 @pytest.mark.parametrize("typed", ["alice", "Alice", "alice@example.test", "EXAMPLE\\alice"])
-def test_authenticate_in_every_name_form_with_two_searches(samba_dc, typed):
+def test_authenticate_in_every_name_form_with_three_searches(samba_dc, typed):
     with override_settings(**settings_for(samba_dc)), SearchSpy().active() as spy:
         user = authenticate(username=typed, password=LAB_PASSWORD)
     assert user is not None and user.username == "alice"
     assert {g.name for g in user.groups.all()} == ALICE_NESTED | builtin_groups(samba_dc)
     assert user.employee.title == "Engineer"
-    # After the bind: the user search and one group search, although alice's groups nest
-    # four deep (the brief allows three).
-    assert spy.count == 2, spy.calls
-    user_search, group_search = spy.calls
+    # After the bind, although alice's groups nest four deep: the user search, her
+    # tokenGroups, and one search of the group scope for those SIDs and her direct groups.
+    assert spy.count == 3, spy.calls
+    user_search, token_groups, group_search = spy.calls
     assert user_search[0] == samba_dc.lab_dn
-    assert IN_CHAIN in group_search[1] and "<SID=" in group_search[1]
+    assert token_groups[0] == samba_dc.user_dn("alice") and token_groups[2] == ["tokenGroups"]
+    assert group_search[0] == samba_dc.base_dn and "(objectSid=S-1-5-" in group_search[1]
+
+
+def test_in_chain_resolution_gives_the_same_groups_in_two_searches(samba_dc):
+    more = {"LDAP_SYNC_LOGIN_GROUP_RESOLUTION": "in_chain"}
+    keys = {key: LAB_PASSWORD for key in PEOPLE}
+    with override_settings(**settings_for(samba_dc)):
+        by_auto = login_path_state(keys)
+    with override_settings(**settings_for(samba_dc, **more)):
+        by_in_chain = login_path_state(keys)
+        with SearchSpy().active() as spy:
+            assert authenticate(username="alice", password=LAB_PASSWORD) is not None
+    assert by_in_chain == by_auto
+    assert spy.count == 2
+    assert IN_CHAIN in spy.calls[1][1] and "<SID=" in spy.calls[1][1]
 
 
 def test_user_principal_name_is_matched_as_such(samba_clean):
@@ -317,6 +338,59 @@ def test_rename_removal_and_return(samba_clean):
         assert run_sync(SyncOptions(mode="full")).ok
         assert django_state()["alice2"] == login_state
     assert User.objects.filter(username__startswith="alice").count() == 1
+
+
+def test_security_group_above_a_distribution_group_counts(samba_clean):
+    """tokenGroups leaves out a distribution group and what is above it; the login notices
+    the unexplained parent and asks the IN_CHAIN search, so it agrees with the batch."""
+    dc = samba_clean
+    conn = dc.admin_connection()
+    news, club = f"CN=Newsletter,{dc.lab_dn}", f"CN=Club,{dc.lab_dn}"
+    conn.add_s(news, [("objectClass", [b"group"]), ("sAMAccountName", [b"Newsletter"]),
+                      ("groupType", [b"2"]), ("member", [dc.user_dn("carol").encode()])])
+    conn.add_s(club, [("objectClass", [b"group"]), ("sAMAccountName", [b"Club"]),
+                      ("member", [news.encode()])])  # a security group (the default type)
+    keys = {"carol": LAB_PASSWORD, "alice": LAB_PASSWORD}
+    with override_settings(**settings_for(dc)):
+        by_login = login_path_state(keys)
+        with SearchSpy().active() as spy:
+            assert authenticate(username="carol", password=LAB_PASSWORD) is not None
+        by_batch = batch_state()
+    assert by_login["carol"] == by_batch["carol"]
+    assert {"Newsletter", "Club"} <= by_login["carol"]["groups"]
+    assert spy.count == 4 and IN_CHAIN in spy.calls[3][1]
+
+
+#: schemaIDGUID of the tokenGroups attribute.
+TOKEN_GROUPS_GUID = "b7c69e6d-2cc7-11d2-854e-00a0c983f608"
+
+
+def test_unreadable_token_groups_fall_back_to_in_chain_and_are_remembered(samba_clean):
+    """A hardened domain where the bind account cannot read tokenGroups (here: a deny ACE on
+    alice): the IN_CHAIN search answers, and later logins do not ask for tokenGroups again."""
+    import subprocess
+
+    dc = samba_clean
+    dc.admin_connection()  # marks the DC for a reset after the test
+    reader = dc.reader_connection()
+    raw_sid = reader.search_s(dc.reader_dn, ldap.SCOPE_BASE, attrlist=["objectSid"])[0][1]
+    reader_sid = sid_to_str(raw_sid["objectSid"][0])
+    subprocess.run(
+        ["samba-tool", "dsacl", "set", "-H", dc.uri, "--simple-bind-dn", dc.admin_dn,
+         "--password", dc.admin_password, "--objectdn", dc.user_dn("alice"), "--action", "deny",
+         "--sddl", f"(OD;;RP;{TOKEN_GROUPS_GUID};;{reader_sid})"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    assert "tokenGroups" not in reader.search_s(dc.user_dn("alice"), 0, attrlist=["tokenGroups"])[0][1]
+    with override_settings(**settings_for(dc)):
+        with SearchSpy().active() as first:
+            alice = authenticate(username="alice", password=LAB_PASSWORD)
+        with SearchSpy().active() as second:
+            bob = authenticate(username="bob", password=LAB_PASSWORD)
+    assert {g.name for g in alice.groups.all()} == ALICE_NESTED | builtin_groups(dc)
+    assert first.count == 3 and IN_CHAIN in first.calls[2][1]  # user, tokenGroups, IN_CHAIN
+    assert second.count == 2 and IN_CHAIN in second.calls[1][1]  # remembered
+    assert {"Engineering", "Cycle B"} <= {g.name for g in bob.groups.all()}
 
 
 def test_password_change_in_the_directory(samba_clean):

@@ -568,3 +568,33 @@ def test_login_and_batch_agree_under_other_membership_settings(slapd_lab, more):
     default = more.get("LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT")
     if default:
         assert all(default[0] in state["groups"] for state in by_login.values())
+
+
+CALLBACK_CALLS: list[tuple[str, bool, bool]] = []
+
+
+def record_callback(user, attributes, created, updated):
+    CALLBACK_CALLS.append((user.username, created, updated))
+
+
+def test_signals_and_user_callbacks_fire_as_in_a_batch_run(slapd_lab):
+    from adldap_auth import signals
+
+    CALLBACK_CALLS.clear()
+    synced = []
+
+    def receiver(sender, user, created, attributes, **kwargs):
+        synced.append((user.username, created, sorted(attributes)))
+
+    callbacks = [f"{__name__}.record_callback"]
+    signals.user_synced.connect(receiver)
+    try:
+        with override_settings(**settings_for(slapd_lab, LDAP_SYNC_USER_CALLBACKS=callbacks)):
+            authenticate(username="carol", password=LAB_PASSWORD)
+            authenticate(username="carol", password=LAB_PASSWORD)  # nothing changed
+    finally:
+        signals.user_synced.disconnect(receiver)
+    assert CALLBACK_CALLS == [("carol", True, False)]
+    assert len(synced) == 1 and synced[0][:2] == ("carol", True)
+    # The callbacks see the attributes a batch run reads, not the login's extra ones.
+    assert "memberof" not in synced[0][2] and "uid" in synced[0][2]

@@ -219,3 +219,26 @@ def test_django_only_memberships_and_local_users_are_left_alone(slapd_lab):
     local.refresh_from_db()
     assert local.is_active
     assert not DirectoryUser.objects.filter(user=local).exists()
+
+
+def test_seed_per_user_filter_mode_works_across_pages(slapd_lab):
+    """The seed's one-search-per-user mode, with users spread over many pages: the per-user
+    searches must not disturb the paged user search (slapd refuses interleaved cookies)."""
+    settings = slapd_settings(
+        slapd_lab,
+        LDAP_SYNC_GROUP_MEMBERSHIP_MODE="filter",
+        LDAP_SYNC_GROUP_MEMBERSHIP_FILTER="(member={distinguishedName})",  # no IN_CHAIN on slapd
+        LDAP_SYNC_BIND_PAGESIZE=100,
+    )
+    with override_settings(**settings), SearchSpy().active() as spy:
+        result = run_sync(SyncOptions(mode="full"))
+    assert result.ok, result.error
+    users = len(slapd_lab.spec.users)
+    assert spy.count >= users  # one search per user: why it is not the default
+    direct = {u.key: set() for u in slapd_lab.spec.users}
+    for group in slapd_lab.spec.groups:
+        for member in group.members:
+            if member in direct:
+                direct[member].add(group.name)
+    state = django_state()
+    assert {key: state[key]["groups"] for key in state} == {key: direct[key] for key in state}
