@@ -263,6 +263,21 @@ W008 = Check(
     "{setting} is the misspelled name that django-adldap-sync read; {state}.",
     "Rename it to {new}.",
 )
+# Deployment checks (``manage.py check --deploy`` only; see the last section of this module).
+W009 = Check(
+    "adldap_auth.W009", W, "The bind account is a domain administrator (deploy check).",
+    "{setting} {account!r} is a member of {groups}: the sync only reads the directory, yet "
+    "this account can change all of it, and its password sits in the site's settings.",
+    "Bind with a least-privilege account (any domain user can read users and groups), or "
+    "remove this account from {groups}.",
+)
+W010 = Check(
+    "adldap_auth.W010", W, "The deploy check could not bind to the directory.",
+    "{setting}: the deploy check could not bind to the directory to look at the bind "
+    "account's privileges: {error}.",
+    "Check LDAP_SYNC_BIND_URI, LDAP_SYNC_BIND_DN and LDAP_SYNC_BIND_PASS; "
+    "'manage.py syncldap --dry-run' reports the same error.",
+)
 
 #: Every check id with a short description, in id order (for the documentation).
 CHECK_IDS: dict[str, str] = {
@@ -1114,3 +1129,42 @@ def check_security(app_configs: Any = None, **kwargs: Any) -> list[Message]:
         found.append(W003(_full("REQUIRE_CERT")))
     return found
 
+
+# ============================================================================================
+# Deployment checks: these contact the directory
+# ============================================================================================
+#
+# Registered with ``deploy=True``, so only ``manage.py check --deploy`` runs them (never a plain
+# ``manage.py check``, ``runserver`` or ``migrate``). The sync logs the same warning at the
+# start of every batch run (:meth:`adldap_auth.sync.SyncEngine._warn_if_privileged`).
+
+#: Settings that must be valid before the deploy check can open a connection.
+_CONNECTION_SETTINGS = (
+    "BIND_URI", "BIND_DN", "BIND_PASS", "START_TLS", "CA_FILE", "REQUIRE_CERT",
+    "NETWORK_TIMEOUT", "OPERATION_TIMEOUT", "BIND_PAGESIZE", "RANGE_SIZE",
+)  # fmt: skip
+
+
+@checks.register(TAG, checks.Tags.security, deploy=True)
+def check_bind_privileges(app_configs: Any = None, **kwargs: Any) -> list[Message]:
+    """W009 when the bind account is in Domain Admins (RID 512), Schema Admins (518),
+    Enterprise Admins (519) or BUILTIN\\Administrators (S-1-5-32-544), from the rootDSE's
+    ``tokenGroups`` of a bind with the site's settings (Active Directory only); W010 when that
+    bind fails. Settings with errors are left to :func:`check_settings`."""
+    if not in_use():
+        return []
+    for name in _CONNECTION_SETTINGS:
+        if any(m.level >= checks.ERROR for m in VALIDATORS[name](name, _value(name))):
+            return []
+    from .directory import DirectoryError
+    from .directory.connection import DirectorySession
+    from .sync import connection_config
+
+    try:
+        with DirectorySession.open(connection_config()) as session:
+            groups = session.root_dse().privileged_groups
+    except DirectoryError as error:  # never carries the password
+        return [W010(_full("BIND_URI"), error=error)]
+    if not groups:
+        return []
+    return [W009(_full("BIND_DN"), account=sync_settings.BIND_DN, groups=", ".join(groups))]

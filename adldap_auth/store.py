@@ -36,6 +36,8 @@ logger = logging.getLogger("adldap_auth.sync")
 
 #: How many problems a run keeps in its record (all are logged).
 MAX_PROBLEMS = 200
+#: Groups written in one transaction by :meth:`Store.sync_groups`.
+GROUP_BATCH_SIZE = 1000
 
 
 @dataclass
@@ -121,6 +123,8 @@ class Store:
         self.profile_models = [(spec, apps.get_model(spec.label)) for spec in config.profiles]
         #: username (lower-case) -> guid of the entry that claimed it in this run
         self._claimed_usernames: dict[str, str] = {}
+        #: (storage, name) of the photo files written in the current batch's transaction
+        self._written_files: list[tuple[Any, str]] = []
 
     # -- groups ------------------------------------------------------------------------------
 
@@ -141,22 +145,27 @@ class Store:
         }
         ids: dict[str, int] = {}
         seen_names: set[str] = set()
-        for record in records:
-            if record.name in seen_names:
-                self.report.problem(
-                    "group %s skipped: another directory group is also named %r",
-                    record.dn,
-                    record.name,
-                )
-                continue
-            seen_names.add(record.name)
-            try:
-                group_id = self._sync_group(record, links.get(record.guid), by_name)
-            except IntegrityError:
-                # Another writer (a login, a second run) created or linked it meanwhile.
-                group_id = self._sync_group_after_race(record)
-            if group_id is not None:
-                ids[record.guid] = group_id
+        for start in range(0, len(records), GROUP_BATCH_SIZE):
+            # One transaction a batch, one savepoint a group: a commit per group costs a disk
+            # sync each (10,000 groups: seconds), a single transaction would hold SQLite's
+            # write lock for the whole loop.
+            with transaction.atomic():
+                for record in records[start : start + GROUP_BATCH_SIZE]:
+                    if record.name in seen_names:
+                        self.report.problem(
+                            "group %s skipped: another directory group is also named %r",
+                            record.dn,
+                            record.name,
+                        )
+                        continue
+                    seen_names.add(record.name)
+                    try:
+                        group_id = self._sync_group(record, links.get(record.guid), by_name)
+                    except IntegrityError:
+                        # Another writer (a login, a second run) created or linked it meanwhile.
+                        group_id = self._sync_group_after_race(record)
+                    if group_id is not None:
+                        ids[record.guid] = group_id
         return ids
 
     def _sync_group_after_race(self, record: GroupRecord) -> int | None:
@@ -263,11 +272,13 @@ class Store:
         """
         records = self._drop_duplicate_usernames(records)
         saved = self.report.snapshot()
+        self._written_files = []
         try:
             with transaction.atomic():
                 outcomes = self._sync_user_batch(records)
         except (IntegrityError, DatabaseError) as error:
             self.report.restore(saved)  # the rolled-back batch changed nothing
+            self._delete_written_files()  # ...and leaves no file that no row names
             if len(records) == 1:
                 self.report.problem("user %s not written: %s", records[0].dn, error)
                 return []
@@ -502,6 +513,7 @@ class Store:
                         self.config.photo_name_template, outcome.record.username, self.now
                     )
                     file.save(name, ContentFile(data), save=False)
+                    self._written_files.append((file.storage, file.name))
                 else:
                     setattr(profile, field_name, None)
                 changed_profiles[id(profile)] = profile
@@ -517,6 +529,14 @@ class Store:
             )
         if changed_links:
             DirectoryUser.objects.bulk_update(list(changed_links.values()), ["photo_digests"])
+
+    def _delete_written_files(self) -> None:
+        written, self._written_files = self._written_files, []
+        for storage, name in written:
+            try:
+                storage.delete(name)
+            except OSError as error:
+                logger.warning("photo %s of a rolled-back batch not deleted: %s", name, error)
 
     def _after_commit(self, outcomes: list[UserOutcome]) -> None:
         if self.dry_run:
@@ -561,10 +581,7 @@ class Store:
         self.report.counts["memberships_added"] += len(to_add)
         self.report.counts["memberships_removed"] += len(to_remove)
         if self.report.changes is not None:
-            for user_id, group_id in to_add:
-                self.report.change(f"add membership user#{user_id} group#{group_id}")
-            if to_remove:
-                self.report.change(f"remove {len(to_remove)} memberships")
+            self._report_membership_changes(to_add, to_remove, current)
         if self.dry_run:
             return
         with transaction.atomic():
@@ -572,6 +589,26 @@ class Store:
                 self._insert_memberships(to_add)
             if to_remove:
                 through.objects.filter(pk__in=to_remove).delete()
+
+    def _report_membership_changes(self, to_add, to_remove: list[int], current) -> None:
+        """Change lines with names (only when changes are collected: dry runs, -v 2)."""
+        removing = set(to_remove)
+        pairs = [("add", user_id, group_id) for user_id, group_id in to_add]
+        pairs += [
+            ("remove", user_id, group_id)
+            for user_id, groups in current.items()
+            for group_id, row_id in groups.items()
+            if row_id in removing
+        ]
+        users = dict(
+            self.User.objects.filter(pk__in={u for _, u, _ in pairs}).values_list(
+                "pk", self.username_field
+            )
+        )
+        groups = dict(Group.objects.filter(pk__in={g for _, _, g in pairs}).values_list("pk", "name"))
+        for verb, user_id, group_id in pairs:
+            user, group = users.get(user_id, user_id), groups.get(group_id, group_id)
+            self.report.change(f"{verb} membership {user!r} in {group!r}")
 
     def _insert_memberships(self, pairs: list[tuple[int, int]]) -> None:
         """Insert ``(user id, group id)`` rows of the user-groups table, skipping the rows that
@@ -630,6 +667,26 @@ class Store:
                 self.report.problem("removal of %s failed: %s", link.dn, error)
                 continue
             signals.user_removed.send(Store, user=user, reason=reason)
+
+    def delete_removed_users(
+        self, links: Iterable[DirectoryUser], callbacks: Sequence[Callable]
+    ) -> None:
+        """LDAP_SYNC_REMOVAL_GRACE is over for these removed users: apply ``callbacks`` (the
+        delete callback), one transaction each. Counted as ``users_deleted``."""
+        for link in links:
+            username = getattr(link.user, self.username_field)
+            if username.lower() in self.config.exempt_usernames:
+                continue
+            self.report.counts["users_deleted"] += 1
+            self.report.change(f"delete user {username!r} (removed at {link.removed_at:%Y-%m-%d %H:%M})")
+            if self.dry_run:
+                continue
+            try:
+                with transaction.atomic():
+                    for callback in callbacks:
+                        callback(link.user)
+            except Exception as error:
+                self.report.problem("deletion of %s failed: %s", link.dn, error)
 
     def remove_groups(self, present_guids: set[str], action: str) -> None:
         """Groups gone from the directory: kept (unlinked memberships removed) or deleted."""

@@ -15,6 +15,7 @@ Any incomplete read (error, limit, timeout) ends the run as failed *before* step
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +26,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from . import signals
-from .callbacks import resolve_callback
+from .callbacks import removed_user_deactivate, removed_user_delete, resolve_callback
 from .conf import sync_settings
 from .directory import DirectoryError, Entry
 from .directory.connection import ConnectionConfig, DirectorySession, RootDSE
@@ -194,6 +195,7 @@ class SyncEngine:
         self.run_record: SyncRun | None = None
         self.error_kind = ""
         self.extra_sessions: list[DirectorySession] = []
+        self.disabled_seen: set[str] = set()  # guids read as disabled in this run
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -208,6 +210,7 @@ class SyncEngine:
             self.session = DirectorySession.open(connection_config())
             self.run_record.server = self.session.uri
             self.root = self.session.root_dse()
+            self._warn_if_privileged()
             self._run_body()
         except (DirectoryError, RemovalRefused, DatabaseError) as exc:
             # DatabaseError: what the store could not isolate to one entry (lost connection,
@@ -301,6 +304,7 @@ class SyncEngine:
                     config, store, planner, managed, present_users, changed_groups
                 )
             self._remove_missing(store, set(present_users))
+            self._delete_after_grace(store, set(present_users))
         if s.GROUP:
             store.remove_groups(present_groups, s.GROUP_REMOVAL_ACTION)
         if not self.options.dry_run:
@@ -352,6 +356,7 @@ class SyncEngine:
                 yield map_user(entry, config)
             except SkipEntry as skip:
                 if skip.exempt:
+                    logger.debug("user %s skipped: %s", entry.dn, skip)
                     self.report.counts["users_exempt"] += 1
                 else:
                     self.report.problem("user %s skipped: %s", entry.dn, skip)
@@ -397,7 +402,11 @@ class SyncEngine:
             if (found := graph.find_by_sid(sid)) is not None
             and graph.ancestors(found.guid) & changed_groups
         }
-        held = set(user_ids_holding(store, changed_ids | vanished))
+        # Changes spread over most groups affect most users: then every user is rechecked,
+        # which ends in the same state (a recheck of an unaffected user changes nothing) without
+        # reading who holds the changed groups (millions of rows at 100,000 users).
+        recheck_all = len(affected_keys) >= len(present) // 2
+        held = set() if recheck_all else set(user_ids_holding(store, changed_ids | vanished))
         # Disabled users are still in scope: a full run keeps their memberships current too.
         links = dict(DirectoryUser.objects.values_list("guid", "user_id"))
         wanted: dict[int, set[int]] = {}
@@ -405,7 +414,12 @@ class SyncEngine:
             user_id = links.get(guid)
             if user_id is None or guid in self.synced_user_guids:
                 continue
-            if member_key in affected_keys or primary_sid in primary_hit or user_id in held:
+            if (
+                recheck_all
+                or member_key in affected_keys
+                or primary_sid in primary_hit
+                or user_id in held
+            ):
                 wanted[user_id] = planner.ids_for(member_key, primary_sid)
         self.report.counts["memberships_rechecked_users"] = len(wanted)
         items = list(wanted.items())
@@ -459,6 +473,7 @@ class SyncEngine:
         disabled = [r.guid for r in batch if r.disabled]
         if not disabled:
             return
+        self.disabled_seen.update(disabled)
         links = DirectoryUser.objects.select_related("user").filter(
             guid__in=disabled, removed_at__isnull=True
         )
@@ -483,8 +498,58 @@ class SyncEngine:
         )
         store.remove_users(candidates, self._removed_callbacks(), DirectoryUser.REASON_MISSING)
 
+    def _warn_if_privileged(self) -> None:
+        """Say so when the bind account administers the domain (AD's rootDSE tokenGroups)."""
+        groups = self.root.privileged_groups if self.root else []
+        if groups:
+            self.report.warning(
+                "the bind account %s is a member of %s: a sync only reads the directory; "
+                "bind with a least-privilege reader account instead",
+                sync_settings.BIND_DN,
+                ", ".join(groups),
+            )
+
     def _removed_callbacks(self) -> list[Callable]:
-        return [resolve_callback(path) for path in sync_settings.REMOVED_USER_CALLBACKS]
+        """The removal callbacks; with LDAP_SYNC_REMOVAL_GRACE, deactivate instead of delete
+        (the delete callback runs later, in :meth:`_delete_after_grace`)."""
+        callbacks = [resolve_callback(path) for path in sync_settings.REMOVED_USER_CALLBACKS]
+        if removal_grace() is None or removed_user_delete not in callbacks:
+            return callbacks
+        first_step = [c for c in callbacks if c is not removed_user_delete]
+        if removed_user_deactivate not in first_step:
+            first_step.insert(callbacks.index(removed_user_delete), removed_user_deactivate)
+        return first_step
+
+    def _delete_after_grace(self, store: Store, present: set[str]) -> None:
+        """LDAP_SYNC_REMOVAL_GRACE: the delete callback, for users removed (deactivated) longer
+        ago than the grace period and still gone, or still disabled.
+
+        Reached only after a complete read, like :meth:`_remove_missing`. An entry back in scope
+        was restored by this run (``removed_at`` cleared), so it is not a candidate; an entry in
+        scope that could not be mapped is never deleted. A disabled entry counts as still
+        disabled only when this run read it (full runs read every entry; incremental runs only
+        the changed ones).
+        """
+        grace = removal_grace()
+        if grace is None:
+            return
+        callbacks = [resolve_callback(path) for path in sync_settings.REMOVED_USER_CALLBACKS]
+        if removed_user_delete not in callbacks:
+            return
+        expired = DirectoryUser.objects.select_related("user").filter(
+            removed_at__isnull=False, removed_at__lte=timezone.now() - grace
+        )
+        due = [
+            link
+            for link in expired
+            if link.guid not in present
+            or (
+                link.removal_reason == DirectoryUser.REASON_DISABLED
+                and link.guid in self.disabled_seen
+            )
+        ]
+        if due:
+            store.delete_removed_users(due, [removed_user_delete])
 
     # -- marker -------------------------------------------------------------------------------
 
@@ -593,6 +658,14 @@ class MembershipPlanner:
             if primary is not None:
                 guids |= self.graph.ancestors(primary.guid)
         return guids
+
+
+def removal_grace() -> dt.timedelta | None:
+    """LDAP_SYNC_REMOVAL_GRACE as a timedelta (the setting is seconds or a timedelta)."""
+    value = sync_settings.REMOVAL_GRACE
+    if value is None or isinstance(value, dt.timedelta):
+        return value
+    return dt.timedelta(seconds=value)
 
 
 def check_removal_threshold(

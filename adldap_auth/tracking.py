@@ -129,9 +129,21 @@ class TimestampHigh:
 
     def __init__(self) -> None:
         self.value: datetime | None = None
+        self._raw: bytes | None = None  # the value as the server wrote it
 
     def see(self, raw: bytes | None) -> None:
         if raw is None:
+            return
+        newest = self._raw
+        if (
+            newest is not None
+            and len(raw) == len(newest)
+            and raw <= newest
+            and raw.endswith(b"Z")
+            and raw[:1].isdigit()
+        ):
+            # Two UTC generalized times of one layout sort as their bytes: not newer. Saves
+            # parsing the timestamp of every entry (seconds over 100,000 entries).
             return
         try:
             moment = parse_generalized_time(raw)
@@ -139,3 +151,4 @@ class TimestampHigh:
             return
         if self.value is None or moment > self.value:
             self.value = moment
+            self._raw = raw if raw.endswith(b"Z") and raw[:1].isdigit() else None

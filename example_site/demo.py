@@ -207,26 +207,8 @@ class _Indented:
         return False
 
 
-def describe_changes(changes: list[str]) -> list[str]:
-    """The sync's change lines with ``user#12``/``group#3`` replaced by names."""
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Group
-
-    user_ids = {int(n) for line in changes for n in re.findall(r"user#(\d+)", line)}
-    group_ids = {int(n) for line in changes for n in re.findall(r"group#(\d+)", line)}
-    users = dict(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", "username"))
-    groups = dict(Group.objects.filter(pk__in=group_ids).values_list("pk", "name"))
-
-    def name(match: re.Match) -> str:
-        kind, number = match.group(1), int(match.group(2))
-        found = (users if kind == "user" else groups).get(number)
-        return repr(found) if found else match.group(0)
-
-    return [re.sub(r"(user|group)#(\d+)", name, line) for line in changes]
-
-
 def print_changes(changes: list[str], limit: int = 40) -> None:
-    lines = describe_changes(changes)
+    lines = changes
     say("    changes made:" if lines else "    no changes")
     for line in lines[:limit]:
         say(f"      {line}")

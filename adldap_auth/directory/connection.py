@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import socket
+import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -23,7 +25,7 @@ from ldap.controls import SimplePagedResultsControl
 from ldap.ldapobject import LDAPObject
 
 from . import DirectoryError, DirectoryTLSError, DirectoryUnavailable, Entry, IncompleteRead
-from .decoding import guid_to_str
+from .decoding import domain_sid_and_rid, guid_to_str, sid_to_str
 
 logger = logging.getLogger("adldap_auth.directory")
 
@@ -78,6 +80,34 @@ class RootDSE:
     invocation_id: str | None
     current_time: str | None
     vendor: str | None
+    #: SIDs of the bound account's token (AD's rootDSE ``tokenGroups``), for
+    #: :attr:`privileged_groups`; empty elsewhere.
+    token_sids: tuple[str, ...] = ()
+
+    @property
+    def privileged_groups(self) -> list[str]:
+        """The administrators' groups the bound account belongs to (see :func:`privileged_groups`)."""
+        return privileged_groups(self.token_sids)
+
+
+#: Domain groups (by RID) and built-in groups (by SID) whose members administer the domain or
+#: the forest: a sync account in one of them can change everything it reads.
+PRIVILEGED_RIDS = {512: "Domain Admins", 518: "Schema Admins", 519: "Enterprise Admins"}
+PRIVILEGED_SIDS = {"S-1-5-32-544": "BUILTIN\\Administrators"}
+
+
+def privileged_groups(sids: Iterable[str]) -> list[str]:
+    """Names of the administrators' groups among ``sids`` (``S-1-5-...`` strings), sorted."""
+    found = set()
+    for sid in sids:
+        if sid in PRIVILEGED_SIDS:
+            found.add(PRIVILEGED_SIDS[sid])
+        elif sid.startswith("S-1-5-21-"):
+            with contextlib.suppress(ValueError):
+                rid = domain_sid_and_rid(sid)[1]
+                if rid in PRIVILEGED_RIDS:
+                    found.add(PRIVILEGED_RIDS[rid])
+    return sorted(found)
 
 
 def _error_text(error: ldap.LDAPError) -> str:
@@ -86,6 +116,103 @@ def _error_text(error: ldap.LDAPError) -> str:
     desc = details.get("desc") or type(error).__name__
     info = details.get("info")
     return f"{desc} ({info})" if info else str(desc)
+
+
+def _uses_tls(uri: str, config: ConnectionConfig) -> bool:
+    scheme = urlsplit(uri).scheme.lower()
+    return scheme == "ldaps" or (scheme == "ldap" and config.start_tls)
+
+
+def _await_tls_handshake(uri: str, timeout: float) -> None:
+    """Raise ``ldap.TIMEOUT`` when an ldaps:// server does not finish a TLS handshake within
+    ``timeout`` seconds. Only liveness is probed: libldap checks the certificate afterwards.
+    Any other failure (refused, reset, TLS error) is left for libldap to report."""
+    parts = urlsplit(uri)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 636), timeout=timeout) as raw:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            with context.wrap_socket(raw, server_hostname=parts.hostname):
+                pass
+    except TimeoutError:
+        raise ldap.TIMEOUT(
+            {"desc": "TIMEOUT", "info": f"no TLS handshake within {timeout:g} s"}
+        ) from None
+    except (OSError, ValueError):
+        return
+
+
+#: An LDAPMessage with message id 1 holding the StartTLS extended request (RFC 4511, 4.14).
+_START_TLS_REQUEST = b"\x30\x1d\x02\x01\x01\x77\x18\x80\x16" + b"1.3.6.1.4.1.1466.20037"
+
+
+def _tls_problem(uri: str, config: ConnectionConfig) -> str | None:
+    """Why TLS with ``uri`` fails, found by repeating the handshake with Python's ssl module
+    (after a StartTLS request on ldap://), or None when it finds nothing wrong.
+
+    libldap built with GnuTLS reports every TLS failure as "Can't contact LDAP server" or
+    "Connect error"; this names the cause (an unknown CA, a certificate that does not cover
+    the host name, an expired certificate, a server that refuses StartTLS...).
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    port = parts.port or (636 if scheme == "ldaps" else 389)
+    if config.require_cert:
+        trusted = f"CA file {config.ca_file}" if config.ca_file else "the system's CA certificates"
+        try:
+            context = ssl.create_default_context(cafile=config.ca_file or None)
+        except (OSError, ValueError) as error:
+            return f"cannot load {trusted}: {error}"
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        trusted = "no certificate verification"
+    timeout = config.network_timeout
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            if scheme == "ldap":
+                refusal = _start_tls(raw)
+                if refusal:
+                    return refusal
+            with context.wrap_socket(raw, server_hostname=host):
+                return None
+    except ssl.SSLCertVerificationError as error:
+        reason = error.verify_message or error.reason or "certificate verify failed"
+        return f"the certificate of {host} is not accepted: {reason} (trusted: {trusted})"
+    except ssl.SSLError as error:
+        return f"TLS handshake with {host}:{port} failed: {error.reason or error}"
+    except (OSError, ValueError):
+        return None  # not a TLS problem: libldap's own error stands
+
+
+def _start_tls(raw: socket.socket) -> str | None:
+    """Send StartTLS on a plain socket; None when the server agrees, else why not."""
+    raw.sendall(_START_TLS_REQUEST)
+    head = _read_exactly(raw, 2)
+    length = head[1]
+    if length & 0x80:
+        length = int.from_bytes(_read_exactly(raw, length & 0x7F), "big")
+    body = _read_exactly(raw, length)
+    # messageID (02 01 01), then the ExtendedResponse [APPLICATION 24] whose first element
+    # is the resultCode (0a 01 nn).
+    code_at = body.find(b"\x0a\x01", 3)
+    code = body[code_at + 2] if code_at != -1 and code_at + 2 < len(body) else None
+    if code == 0:
+        return None
+    return f"the server refused StartTLS (result code {code})"
+
+
+def _read_exactly(raw: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = raw.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed")
+        data += chunk
+    return data
 
 
 def _is_tls_failure(error: ldap.LDAPError) -> bool:
@@ -124,9 +251,16 @@ class DirectorySession:
                     f"bind as {config.bind_dn!r} refused by {uri}: invalid credentials"
                 ) from _scrubbed(error)
             except _FAILOVER_ERRORS as error:
-                tls_failed = tls_failed or _is_tls_failure(error)
-                failures.append(f"{uri}: {_error_text(error)}")
-                logger.warning("directory server %s unavailable: %s", uri, _error_text(error))
+                text = _error_text(error)
+                problem = None
+                if _uses_tls(uri, config) and not isinstance(error, ldap.TIMEOUT):
+                    # libldap (GnuTLS) says only "Can't contact LDAP server": name the cause.
+                    problem = _tls_problem(uri, config)
+                if problem:
+                    text = f"TLS failed: {problem}"
+                tls_failed = tls_failed or bool(problem) or _is_tls_failure(error)
+                failures.append(f"{uri}: {text}")
+                logger.warning("directory server %s unavailable: %s", uri, text)
                 continue
             except ldap.LDAPError as error:
                 raise DirectoryError(f"{uri}: {_error_text(error)}") from _scrubbed(error)
@@ -139,6 +273,10 @@ class DirectorySession:
 
     @staticmethod
     def _connect(uri: str, config: ConnectionConfig) -> LDAPObject:
+        if urlsplit(uri).scheme.lower() == "ldaps":
+            # libldap waits for a TLS handshake without any timeout: a server that accepts
+            # TCP and never answers would hold the run forever instead of failing over.
+            _await_tls_handshake(uri, config.network_timeout)
         connection = ldap.initialize(uri, bytes_mode=False)
         connection.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
         connection.set_option(ldap.OPT_REFERRALS, 0)
@@ -155,7 +293,11 @@ class DirectorySession:
             # Options above apply only to a new TLS context; this must come last.
             connection.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
         if config.start_tls and urlsplit(uri).scheme.lower() == "ldap":
+            # start_tls_s() is synchronous, bounded by OPT_TIMEOUT: the network timeout here,
+            # so a silent server fails over as fast as one that refuses connections.
+            connection.set_option(ldap.OPT_TIMEOUT, config.network_timeout)
             connection.start_tls_s()
+            connection.set_option(ldap.OPT_TIMEOUT, config.operation_timeout)
         # An asynchronous bind bounded by the network timeout: a server that accepts TCP but
         # never answers must not hold the run for the (longer) operation timeout.
         msgid = connection.simple_bind(config.bind_dn, config.bind_password)
@@ -190,6 +332,7 @@ class DirectorySession:
                 "supportedCapabilities",
                 "currentTime",
                 "vendorName",
+                "tokenGroups",  # AD: the SIDs of the bound account's token
             ],
         )
         if entry is None:
@@ -211,6 +354,7 @@ class DirectorySession:
             invocation_id=invocation_id,
             current_time=entry.text("currentTime"),
             vendor=entry.text("vendorName"),
+            token_sids=tuple(_sids(entry.attrs.get("tokengroups", ()))),
         )
 
     def read_entry(self, dn: str, attrlist: Iterable[str]) -> Entry | None:
@@ -331,6 +475,12 @@ class DirectorySession:
                     return list(values), match["end"]
             return [], "*"  # the attribute has no values past ``start``
         return None
+
+
+def _sids(values: Iterable[bytes]) -> Iterator[str]:
+    for value in values:
+        with contextlib.suppress(ValueError, IndexError):
+            yield sid_to_str(value)
 
 
 def _entry(dn: str, attrs: dict[str, list[bytes]]) -> Entry:
