@@ -55,15 +55,18 @@ class RunReport:
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(text)
 
-    def snapshot(self) -> tuple[Counter, int]:
-        return Counter(self.counts), len(self.changes) if self.changes is not None else 0
+    def snapshot(self) -> tuple[Counter, int, int]:
+        changes = len(self.changes) if self.changes is not None else 0
+        return Counter(self.counts), changes, len(self.problems)
 
-    def restore(self, saved: tuple[Counter, int]) -> None:
-        errors = self.counts["errors"]
-        self.counts, changes = Counter(saved[0]), saved[1]
-        self.counts["errors"] = errors
+    def restore(self, saved: tuple[Counter, int, int]) -> None:
+        """Forget what a rolled-back attempt counted and reported: its retry reports it again
+        (errors and problem lines are counted once)."""
+        counts, changes, problems = saved
+        self.counts = Counter(counts)
         if self.changes is not None:
             del self.changes[changes:]
+        del self.problems[problems:]
 
     def warning(self, message: str, *args: Any) -> None:
         """A problem that did not stop an entry from syncing (truncated value, bad photo)."""
@@ -512,7 +515,14 @@ class Store:
                     name = photo_filename(
                         self.config.photo_name_template, outcome.record.username, self.now
                     )
-                    file.save(name, ContentFile(data), save=False)
+                    try:
+                        file.save(name, ContentFile(data), save=False)
+                    except OSError as error:  # disk full, permissions: skip this photo only
+                        self.report.problem(
+                            "photo of %s not written: %s", outcome.record.dn, error
+                        )
+                        setattr(profile, field_name, old_name)
+                        continue
                     self._written_files.append((file.storage, file.name))
                 else:
                     setattr(profile, field_name, None)

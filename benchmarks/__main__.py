@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.monotonic()
     alt_python, alt_note = None, ""
-    if options.alternatives and options.sizes:
+    if options.alternatives and (options.sizes or options.samba):
         alt_python, alt_note = harness.alternatives_python(options.out)
         print(f"alternatives: {alt_note}" if alt_python else f"alternatives skipped: {alt_note}",
               file=sys.stderr)  # fmt: skip
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.samba:
         from benchmarks import samba
 
-        rows.extend(samba.run_samba(options))
+        rows.extend(samba.run_samba(options, alt_python, alt_note))
     targets = harness.check_targets(rows)
     elapsed = time.monotonic() - started
     report = render(rows, targets, alt_python and alt_note, elapsed, argv or sys.argv[1:])
@@ -110,14 +110,34 @@ def render(rows, targets, alternatives: str | None, elapsed: float, argv: list[s
         lines.append(f"Alternatives (own virtualenv): {alternatives}.")
     lines += [
         "",
-        "Directory: the test lab's generator (`synthetic`: nesting depth 4, ~5 direct groups per "
-        "user, ~20% with a photo, 1% disabled), loaded with `slapadd -q` into a throwaway slapd "
-        "(memberof overlay, equality indexes); page size 200; SQLite file databases. Each row "
-        "is one process: wall seconds of its work, its peak RSS, the SEARCH operations in the "
-        "slapd access log (spy: python-ldap's count when it differs), SQL statements "
-        "(writes: INSERT/UPDATE/DELETE outside the run's own bookkeeping rows), and the "
-        "active users, groups and effective memberships in Django against the generator's "
-        "closure (`ok`, or missing -/extra +).",
+        "**Directory**: the test lab's generator (`synthetic`: nesting depth 4, ~5 direct "
+        "groups per user, ~20% with a photo, 1% disabled), loaded with `slapadd -q` into a "
+        "throwaway slapd (memberof overlay, equality indexes; modify timestamps spread over the "
+        "weeks before the run, as in a directory in use); page size 200; a SQLite file "
+        "database per row group; photos written to disk. The `AD` rows: the same generator "
+        "plus one group of every user (ranged `member` values), in the lab's Samba AD DC.",
+        "",
+        "**Columns**: each row is one process. *wall s*: the scenario's work, Django setup "
+        "excluded. *peak RSS*: that process's VmHWM (ldapsearch's own for the ldapsearch "
+        "floor). *LDAP searches*: SEARCH operations in the slapd access log (one per page), "
+        "with python-ldap's count (a spy on `search_ext`) when it differs; on AD, the spy's. "
+        "*SQL*: statements sent through Django (an `executemany` counts once; BEGIN, COMMIT "
+        "and SAVEPOINT count), *w*: INSERT/UPDATE/DELETE outside the run's own bookkeeping "
+        "rows (run record, marker, lock). *correctness*: Django's active users, groups and "
+        "effective (recursive) memberships read back from the database and compared with the "
+        "generator's own closure (`DirectorySpec.expected_groups`, no code shared with the "
+        "sync); `ok`, or missing -/extra +.",
+        "",
+        "**Rows**: *cold* = `syncldap full` on an empty database; *unchanged* = the same again; "
+        "*incremental* = after 1% of the users (title, department and OU move, surname, mail, "
+        "disabled flag, photo) and 1% of the direct memberships changed online; *logins* = "
+        "`authenticate()` with passwords through the backend, in one process (the first one of "
+        "the process reads what it caches). The floor: OpenLDAP's `ldapsearch -E pr=200` of "
+        "the same entries and attributes to /dev/null, and Django's plain `bulk_create` of "
+        "the same users, groups and effective memberships in one transaction (its peak RSS "
+        "includes the input data). The alternatives run in their own virtualenv, configured "
+        "as their documentation says; django-auth-ldap's `populate_user()` loop lists the "
+        "enabled users with one paged search first.",
         "",
         harness.markdown_table(rows),
         "",

@@ -506,7 +506,7 @@ def run_size(size: Size, options: Options, alt_python: str | None, alt_note: str
                 f"{name.replace('_', ' ')} {counts[name]}"
                 for name in ("users_created", "users_updated", "users_removed", "groups_created",
                              "memberships_added", "memberships_removed", "photos_written",
-                             "users_seen")
+                             "users_seen", "memberships_rechecked_users")
                 if counts.get(name)
             ]  # fmt: skip
             return ", ".join(shown) or "no change"
@@ -700,15 +700,23 @@ def check_targets(rows: list[Row]) -> list[Target]:
                     f"{incremental.seconds:.2f} s = {ratio:.1%} of cold",
                 )
             )
-        bound = math.ceil(users / PAGE_SIZE) + math.ceil(groups / PAGE_SIZE) + 3
         for key in ("cold", "unchanged"):
             row = found.get(key)
             if row is not None and row.searches is not None:
+                counts = row.facts.get("counts", {})
+                read_users = (
+                    sum(counts.get(k, 0) for k in ("users_seen", "users_exempt", "users_skipped"))
+                    or users
+                )
+                read_groups = counts.get("groups_seen", 0) + counts.get("groups_skipped", 0)
+                ranges = row.facts.get("range_requests", 0)
+                bound = (math.ceil(read_users / PAGE_SIZE) + math.ceil((read_groups or groups) /
+                         PAGE_SIZE) + ranges + 3)  # fmt: skip
                 targets.append(
                     Target(
                         size,
                         f"LDAP searches of a full run ({key}) <= "
-                        "ceil(N/page) + ceil(M/page) + ranges + 3",
+                        f"ceil(N/page) + ceil(M/page) + ranges ({ranges}) + 3",
                         row.searches <= bound,
                         f"{row.searches} <= {bound}",
                     )

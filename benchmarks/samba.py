@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import shutil
 import sys
@@ -32,6 +33,7 @@ from typing import Any
 from benchmarks import harness
 
 IN_CHAIN = "1.2.840.113556.1.4.1941"
+RANGE_SIZE = 1500  # Samba's MaxValRange; Windows ranges by itself above it
 BIG_GROUP = "All Staff"
 
 
@@ -139,7 +141,9 @@ def template_for(spec: Any, out: Path, say) -> Path:
     return path
 
 
-def run_samba(options: harness.Options) -> list[harness.Row]:
+def run_samba(
+    options: harness.Options, alt_python: str | None = None, alt_note: str = ""
+) -> list[harness.Row]:
     from tests.lab import samba
 
     def say(text: str) -> None:
@@ -165,7 +169,9 @@ def run_samba(options: harness.Options) -> list[harness.Row]:
             dc._copy_template()
             dc.start()
             rows = _measure(dc, spec, new_spec, titled, membership_ops, runner, label, options,
-                            workdir, size)  # fmt: skip
+                            workdir, size, alt_python)  # fmt: skip
+            if options.alternatives and alt_python is None:
+                rows.append(harness.Row(label, "alternatives", notes=f"skipped: {alt_note}"))
         finally:
             dc.close()
             if not options.keep:
@@ -175,10 +181,15 @@ def run_samba(options: harness.Options) -> list[harness.Row]:
     return rows
 
 
-def _measure(dc, spec, new_spec, titled, membership_ops, runner, label, options, workdir, size):
+def _measure(
+    dc, spec, new_spec, titled, membership_ops, runner, label, options, workdir, size, alt_python
+):
     from tests.lab.spec import LAB_PASSWORD
 
     rows: list[harness.Row] = []
+    range_requests = sum(
+        max(0, math.ceil(len(group.members) / RANGE_SIZE) - 1) for group in spec.groups
+    )
     before = expected_state(dc, spec)
     settings = {
         "LDAP_SYNC_BIND_URI": dc.uri,
@@ -190,7 +201,7 @@ def _measure(dc, spec, new_spec, titled, membership_ops, runner, label, options,
             "userAccountControl", "department", "title", "thumbnailPhoto",
         ],
         "LDAP_SYNC_USER_EXTRA_PROFILES": ["testapp.Employee"],
-        "LDAP_SYNC_RANGE_SIZE": 1500,
+        "LDAP_SYNC_RANGE_SIZE": RANGE_SIZE,
         "LDAP_SYNC_BIND_PAGESIZE": harness.PAGE_SIZE,
         "LDAP_SYNC_USER_SHOW_PROGRESS": False,
         "AUTHENTICATION_BACKENDS": ["adldap_auth.backends.ADLDAPBackend"],
@@ -215,7 +226,8 @@ def _measure(dc, spec, new_spec, titled, membership_ops, runner, label, options,
             searches=data["spy_searches"], sql=data["sql"], sql_writes=data["sql_writes"],
             correctness=harness.check_database(db, expected) if expected else "",
             notes=notes(data), key=key,
-            facts={**data, "users": size.users, "groups": size.groups, "ad": True},
+            facts={**data, "users": size.users, "groups": size.groups, "ad": True,
+                   "range_requests": range_requests},
         )  # fmt: skip
         rows.append(row)
         return row
@@ -271,5 +283,29 @@ def _measure(dc, spec, new_spec, titled, membership_ops, runner, label, options,
         return text + (f"; {data['failed']} FAILED" if data["failed"] else "")
 
     measure("logins", f"adldap-auth: {len(login_users)} logins through ADLDAPBackend", "login",
-            None, login_notes, logins=login_users, password=LAB_PASSWORD)  # fmt: skip
+            after, login_notes, logins=login_users, password=LAB_PASSWORD)  # fmt: skip
+    if options.alternatives and alt_python is not None:
+        dal_db = workdir / "django-auth-ldap.sqlite3"
+        dal = {"kind": "django_auth_ldap", "db": str(dal_db), "settings": {},
+               "ldap": {**ldap_info, "flavor": "ad", "people_dn": dc.lab_dn,
+                        "groups_dn": dc.base_dn}}  # fmt: skip
+        runner.run(alt_python, {**dal, "scenario": "migrate"}, f"{label} migrate (dal)")
+        child = runner.run(
+            alt_python,
+            {**dal, "scenario": "logins", "logins": login_users, "password": LAB_PASSWORD},
+            f"{label} django-auth-ldap logins",
+        )
+        rows.append(
+            harness.Row(
+                size=label,
+                scenario=f"django-auth-ldap: {len(login_users)} logins through LDAPBackend",
+                seconds=child.data["seconds"], rss_mb=child.rss_mb,
+                searches=child.data["spy_searches"], sql=child.data["sql"],
+                sql_writes=child.data["sql_writes"],
+                notes=login_notes(child.data).replace(
+                    " logins:", " logins (NestedActiveDirectoryGroupType, MIRROR_GROUPS):", 1
+                ),
+                key="dal_login", facts=child.data,
+            )
+        )  # fmt: skip
     return rows

@@ -62,12 +62,25 @@ if KIND == "django_auth_ldap":
     AUTH_LDAP_SERVER_URI = _ldap["uri"]
     AUTH_LDAP_BIND_DN = _ldap["bind_dn"]
     AUTH_LDAP_BIND_PASSWORD = _ldap["bind_password"]
-    AUTH_LDAP_USER_SEARCH = LDAPSearch(
-        _ldap["people_dn"], ldap.SCOPE_SUBTREE, "(&(objectClass=inetOrgPerson)(uid=%(user)s))"
-    )
     AUTH_LDAP_USER_ATTR_MAP = {"first_name": "givenName", "last_name": "sn", "email": "mail"}
-    AUTH_LDAP_GROUP_SEARCH = LDAPSearch(
-        _ldap["groups_dn"], ldap.SCOPE_SUBTREE, "(objectClass=groupOfNames)"
-    )
-    AUTH_LDAP_GROUP_TYPE = NestedGroupOfNamesType()
     AUTH_LDAP_MIRROR_GROUPS = True
+    if _ldap.get("flavor") == "ad":
+        from django_auth_ldap.config import NestedActiveDirectoryGroupType
+
+        AUTH_LDAP_USER_SEARCH = LDAPSearch(
+            _ldap["people_dn"], ldap.SCOPE_SUBTREE, "(sAMAccountName=%(user)s)"
+        )
+        AUTH_LDAP_GROUP_SEARCH = LDAPSearch(
+            _ldap["groups_dn"], ldap.SCOPE_SUBTREE, "(objectClass=group)"
+        )
+        AUTH_LDAP_GROUP_TYPE = NestedActiveDirectoryGroupType()
+    else:
+        AUTH_LDAP_USER_SEARCH = LDAPSearch(
+            _ldap["people_dn"],
+            ldap.SCOPE_SUBTREE,
+            "(&(objectClass=inetOrgPerson)(uid=%(user)s))",
+        )
+        AUTH_LDAP_GROUP_SEARCH = LDAPSearch(
+            _ldap["groups_dn"], ldap.SCOPE_SUBTREE, "(objectClass=groupOfNames)"
+        )
+        AUTH_LDAP_GROUP_TYPE = NestedGroupOfNamesType()

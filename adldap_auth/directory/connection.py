@@ -102,7 +102,7 @@ def privileged_groups(sids: Iterable[str]) -> list[str]:
     for sid in sids:
         if sid in PRIVILEGED_SIDS:
             found.add(PRIVILEGED_SIDS[sid])
-        elif sid.startswith("S-1-5-21-"):
+        elif sid.startswith("S-1-5-21-") and sid.count("-") == 7:  # S-1-5-21-a-b-c-RID
             with contextlib.suppress(ValueError):
                 rid = domain_sid_and_rid(sid)[1]
                 if rid in PRIVILEGED_RIDS:
