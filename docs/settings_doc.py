@@ -657,8 +657,11 @@ SETTINGS: dict[str, dict] = {
         "section": "safety",
         "type": "`None`, seconds ≥ 0, or a `datetime.timedelta`",
         "description": (
-            "**TODO: validated by the system checks but not used by this version's sync.** "
-            "Intended: how long a missing user stays deactivated before deletion."
+            "Used only when `REMOVED_USER_CALLBACKS` includes "
+            "`adldap_auth.callbacks.removed_user_delete`: a user gone from the directory (or "
+            "disabled) is first deactivated, and deleted by a later complete run once it has "
+            "been removed for longer than this. A user who comes back in between is restored. "
+            "Deletions are counted as `users_deleted`."
         ),
         "example": "datetime.timedelta(days=30)",
         "seed": False,
