@@ -112,8 +112,8 @@ def render(rows, targets, alternatives: str | None, elapsed: float, argv: list[s
         "",
         "**Directory**: the test lab's generator (`synthetic`: nesting depth 4, ~5 direct "
         "groups per user, ~20% with a photo, 1% disabled), loaded with `slapadd -q` into a "
-        "throwaway slapd (memberof overlay, equality indexes; modify timestamps spread over the "
-        "weeks before the run, as in a directory in use); page size 200; a SQLite file "
+        "throwaway slapd (memberof overlay, equality indexes; modify timestamps one minute apart, "
+        "the newest a day old, as in a directory in use); page size 200; a SQLite file "
         "database per row group; photos written to disk. The `AD` rows: the same generator "
         "plus one group of every user (ranged `member` values), in the lab's Samba AD DC.",
         "",

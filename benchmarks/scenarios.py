@@ -133,13 +133,14 @@ def logins(config, counters, timed) -> dict:
             latencies.append(time.perf_counter() - started)
             searches.append(counters.searches - before)
             failed += user is None
+    first_ms = round(latencies[0] * 1000, 2) if latencies else None
     latencies.sort()
     return {
         "logins": len(latencies),
         "failed": failed,
         "median_ms": round(statistics.median(latencies) * 1000, 2),
         "p95_ms": round(latencies[max(0, math.ceil(0.95 * len(latencies)) - 1)] * 1000, 2),
-        "first_ms": round(latencies[0] * 1000, 2) if latencies else None,
+        "first_ms": first_ms,
         "searches_median": statistics.median(searches),
         "searches_max": max(searches),
         "searches_first": searches[0],
