@@ -24,8 +24,8 @@ from .models import DirectoryUser, SyncMarker, SyncRun
 from .store import MAX_PROBLEMS
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Viewable by staff with the view permission; never added, changed or deleted here."""
+class NoWritesMixin:
+    """Never added, changed or deleted through the admin: the directory is the source."""
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -35,6 +35,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class ReadOnlyAdmin(NoWritesMixin, admin.ModelAdmin):
+    """Viewable by staff with the view permission; never added, changed or deleted here."""
 
 
 def format_duration(value) -> str:
@@ -143,7 +147,7 @@ class SyncMarkerAdmin(ReadOnlyAdmin):
     )
 
 
-class DirectoryIdentityInline(admin.StackedInline):
+class DirectoryIdentityInline(NoWritesMixin, admin.StackedInline):
     """The user's directory entry, read-only, shown to whoever may open the user's page."""
 
     model = DirectoryUser
@@ -168,14 +172,6 @@ class DirectoryIdentityInline(admin.StackedInline):
     def has_view_permission(self, request, obj=None) -> bool:
         return True
 
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.action(description="Sync these users now from the directory", permissions=["change"])

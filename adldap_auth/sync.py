@@ -31,7 +31,7 @@ from .conf import sync_settings
 from .directory import DirectoryError, Entry
 from .directory.connection import ConnectionConfig, DirectorySession, RootDSE
 from .directory.decoding import domain_sid_and_rid, sid_to_str
-from .directory.readers import Scope, member_filter, read_entries
+from .directory.readers import Scope, and_filter, member_filter, read_entries
 from .groups import GroupGraph
 from .locking import LockLost, run_lock
 from .mapping import (
@@ -647,7 +647,7 @@ class MembershipPlanner:
         """The seed's way: one search per user with LDAP_SYNC_GROUP_MEMBERSHIP_FILTER."""
         s = sync_settings
         filterstr = member_filter(s.GROUP_MEMBERSHIP_FILTER, record.dn)
-        scope = Scope(s.GROUP_SEARCH, f"(&{s.GROUP_FILTER}{filterstr})")
+        scope = Scope(s.GROUP_SEARCH, and_filter(s.GROUP_FILTER, filterstr))
         guids = set()
         for entry in read_entries(self._lookups(), scope, [self.config.identity_attribute]):
             guid = entry_guid(entry, self.config.identity_attribute)

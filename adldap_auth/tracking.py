@@ -21,6 +21,7 @@ from typing import Any
 from .conf import DEFAULTS
 from .directory.connection import RootDSE
 from .directory.decoding import format_generalized_time, parse_generalized_time
+from .directory.readers import and_filter
 
 logger = logging.getLogger("adldap_auth.sync")
 
@@ -92,7 +93,7 @@ def changed_filter(
 ) -> str:
     """The filter selecting entries changed since ``marker``."""
     if tracking.kind == USN:
-        return f"(&{base_filter}(uSNChanged>={int(marker.highest_usn) + 1}))"
+        return and_filter(base_filter, f"(uSNChanged>={int(marker.highest_usn) + 1})")
     since = since_timestamp(marker, settings.INCREMENTAL_TIME_OFFSET)
     text = format_generalized_time(since, settings.INCREMENTAL_TIMESTAMPFORMAT)
     # The seed's default incremental filter names AD's objects and whenChanged: on other
@@ -102,7 +103,7 @@ def changed_filter(
     if "?" in incremental_filter and not (seed_default and tracking.attribute != "whenchanged"):
         return incremental_filter.replace("?", text)
     attribute = "whenChanged" if tracking.attribute == "whenchanged" else "modifyTimestamp"
-    return f"(&{base_filter}({attribute}>={text}))"
+    return and_filter(base_filter, f"({attribute}>={text})")
 
 
 def since_timestamp(marker: Any, offset_minutes: int) -> datetime:

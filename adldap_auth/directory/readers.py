@@ -1,7 +1,7 @@
 """Readers of users and groups: the searches a run makes, and nothing else.
 
-They build filters (full, incremental by timestamp or by uSNChanged, id-only sweeps) and yield
-:class:`~adldap_auth.directory.Entry` objects from a :class:`DirectorySession`. They never
+They build filters and yield :class:`~adldap_auth.directory.Entry` objects from a
+:class:`DirectorySession` (incremental filters are :mod:`adldap_auth.tracking`'s). They never
 write anything and hold no state between calls.
 """
 
@@ -30,16 +30,6 @@ def and_filter(*parts: str) -> str:
     return parts[0] if len(parts) == 1 else "(&" + "".join(parts) + ")"
 
 
-def changed_since_usn(scope: Scope, usn: int) -> Scope:
-    """The scope narrowed to entries changed after ``usn`` on the same domain controller."""
-    return Scope(scope.base, and_filter(scope.filterstr, f"(uSNChanged>={int(usn) + 1})"))
-
-
-def changed_since_timestamp(incremental_filter: str, timestamp: str) -> str:
-    """The seed's incremental filter with its ``?`` replaced by a generalized time."""
-    return incremental_filter.replace("?", escape_filter_chars(timestamp))
-
-
 def read_entries(
     session: DirectorySession,
     scope: Scope,
@@ -48,11 +38,6 @@ def read_entries(
 ) -> Iterator[Entry]:
     """Every entry of ``scope`` with the given attributes (paged; ranged values completed)."""
     return session.search(scope.base, scope.filterstr, list(attributes), ranged=ranged)
-
-
-def read_ids(session: DirectorySession, scope: Scope, identity_attribute: str) -> Iterator[Entry]:
-    """Only the id of every entry in scope: the cheap sweep that detects deletions."""
-    return session.search(scope.base, scope.filterstr, [identity_attribute])
 
 
 def member_filter(template: str, dn: str) -> str:
