@@ -23,12 +23,39 @@ few levels deep) but quadratic for a pathological chain thousands of groups long
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 from .mapping import GroupRecord, normalize_dn
 
-__all__ = ["GroupGraph"]
+__all__ = ["GroupGraph", "Nesting", "StoredNesting", "changed_nesting", "member_digest"]
+
+
+def member_digest(member_keys: Iterable[str]) -> str:
+    """A fingerprint of a group's member list, whatever the order of its values."""
+    return hashlib.sha256("\n".join(sorted(member_keys)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Nesting:
+    """A group's place in the graph as a batch run stores it (:class:`DirectoryGroup` fields):
+    its direct member keys (to tell, in the next incremental run, which members a change
+    added or removed) and the groups it is a direct member of (the nesting that logins use)."""
+
+    member_keys: list[str]  # sorted
+    digest: str
+    parent_guids: list[str]  # sorted
+
+
+@dataclass(frozen=True)
+class StoredNesting:
+    """What the database held of a group before this run: its DN and member keys (None when
+    no batch run stored them)."""
+
+    dn: str
+    member_keys: list[str] | None
 
 
 class GroupGraph:
@@ -200,6 +227,24 @@ class GroupGraph:
             )
         return result
 
+    def parent_guids(self, group_guid: str) -> list[str]:
+        """Guids of the groups of the graph that list this group as a member, sorted."""
+        guids = self._guids
+        return sorted({guids[i] for i in self._parents[self._guid_index[group_guid]]})
+
+    def nesting(self) -> dict[str, Nesting]:
+        """Every group's :class:`Nesting`, to be stored by the batch run."""
+        result = {}
+        for guid, record in self._records.items():
+            keys = sorted(record.member_keys)
+            result[guid] = Nesting(keys, member_digest(keys), self.parent_guids(guid))
+        return result
+
+    def group_for_key(self, member_key: str) -> str | None:
+        """The guid of the group whose normalized DN is ``member_key``, or None (a user key)."""
+        index = self._dn_index.get(member_key)
+        return None if index is None else self._guids[index]
+
     # -- internals ------------------------------------------------------------------------
 
     def _primary_index(self, primary_group_sid: str | None) -> int | None:
@@ -207,6 +252,47 @@ class GroupGraph:
             return None
         guid = self._sid_index.get(primary_group_sid)
         return None if guid is None else self._guid_index[guid]
+
+
+def changed_nesting(
+    graph: GroupGraph, before: Mapping[str, StoredNesting | None], changed: Iterable[str]
+) -> tuple[set[str], set[str], set[str]]:
+    """What the changed groups of an incremental run may have changed in users' closures.
+
+    ``before`` is what the database held of each changed group (None: not there). Returns
+    ``(moved, user_keys, unknown)``:
+
+    - ``moved``: groups whose own membership in other groups may have changed (a nested group
+      added to or removed from a changed group, a group whose DN changed, a group new to the
+      database): the users at any depth below them must be rechecked;
+    - ``user_keys``: member keys added to or removed from a changed group directly;
+    - ``unknown``: changed groups without a stored member list (new, or stored by an older
+      version): their former members are unknown, so the users holding them are rechecked too.
+
+    Why it is enough: a user's closure changes only through a changed edge that the user
+    reaches through unchanged edges, so the user is below the edge's child in the new graph.
+    """
+    moved: set[str] = set()
+    user_keys: set[str] = set()
+    unknown: set[str] = set()
+    for guid in changed:
+        if guid not in graph:
+            continue
+        record = graph.by_guid(guid)
+        stored = before.get(guid)
+        if stored is None or stored.member_keys is None:
+            moved.add(guid)
+            unknown.add(guid)
+            continue
+        if normalize_dn(stored.dn) != normalize_dn(record.dn):
+            moved.add(guid)
+        for key in set(stored.member_keys).symmetric_difference(record.member_keys):
+            child = graph.group_for_key(key)
+            if child is None:
+                user_keys.add(key)
+            else:
+                moved.add(child)
+    return moved, user_keys, unknown
 
 
 _EMPTY: frozenset[int] = frozenset()

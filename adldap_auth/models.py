@@ -50,6 +50,15 @@ class DirectoryGroup(models.Model):
     object_sid = models.CharField(max_length=184, blank=True)
     last_changed = models.DateTimeField(null=True, blank=True)
     removed_at = models.DateTimeField(null=True, blank=True)
+    # Written by batch runs only (a login does not read member lists); None until one has.
+    #: the direct member keys (normalized DNs, or lower-case uids), sorted: an incremental run
+    #: compares them with the directory's to find exactly whose memberships may have moved
+    member_keys = models.JSONField(null=True, blank=True, editable=False)
+    #: :func:`adldap_auth.groups.member_digest` of ``member_keys``: full runs compare only this
+    member_digest = models.CharField(max_length=64, blank=True, editable=False)
+    #: guids of the directory groups this group is a direct member of: the nesting that a
+    #: login on a server without ``tokenGroups`` uses instead of reading every group
+    parent_guids = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = "directory group"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +29,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from . import signals
+from .groups import Nesting
 from .mapping import GroupRecord, MappingConfig, UserRecord, photo_digest, photo_filename
 from .models import DirectoryGroup, DirectoryUser
 
@@ -128,17 +129,26 @@ class Store:
         self._claimed_usernames: dict[str, str] = {}
         #: (storage, name) of the photo files written in the current batch's transaction
         self._written_files: list[tuple[Any, str]] = []
+        #: guid -> the group's nesting, for the current :meth:`sync_groups` call
+        self._nesting: Mapping[str, Nesting] = {}
 
     # -- groups ------------------------------------------------------------------------------
 
-    def sync_groups(self, records: Iterable[GroupRecord]) -> dict[str, int]:
-        """Create, rename and link groups; return guid -> Django group id for every record."""
+    def sync_groups(
+        self, records: Iterable[GroupRecord], nesting: Mapping[str, Nesting] | None = None
+    ) -> dict[str, int]:
+        """Create, rename and link groups; return guid -> Django group id for every record.
+
+        ``nesting`` (batch runs, which read every group's members): each group's member list
+        and parents, stored when they changed.
+        """
         records = list(records)
+        self._nesting = nesting or {}
         links = {
             link.guid: link
-            for link in DirectoryGroup.objects.select_related("group").filter(
-                guid__in=[r.guid for r in records]
-            )
+            for link in DirectoryGroup.objects.select_related("group")
+            .defer("member_keys")
+            .filter(guid__in=[r.guid for r in records])
         }
         by_name = {
             group.name: group
@@ -172,7 +182,12 @@ class Store:
         return ids
 
     def _sync_group_after_race(self, record: GroupRecord) -> int | None:
-        link = DirectoryGroup.objects.select_related("group").filter(guid=record.guid).first()
+        link = (
+            DirectoryGroup.objects.select_related("group")
+            .defer("member_keys")
+            .filter(guid=record.guid)
+            .first()
+        )
         by_name = {
             g.name: g
             for g in Group.objects.select_related("directory_link").filter(name=record.name)
@@ -208,13 +223,15 @@ class Store:
         with transaction.atomic():
             if group is None:
                 group = Group.objects.create(**fields)
-            DirectoryGroup.objects.create(
+            link = DirectoryGroup(
                 group=group,
                 guid=record.guid,
                 dn=record.dn,
                 object_sid=record.object_sid or "",
                 last_changed=self.now,
             )
+            self._set_nesting(link, self._nesting.get(record.guid))
+            link.save(force_insert=True)
         signals.group_synced.send(Store, group=group, created=created)
         return group.pk
 
@@ -231,7 +248,11 @@ class Store:
                 "group %s not renamed to %r: a Django group has that name", record.dn, record.name
             )
             changed = [f for f in changed if f != "name"]
+        nesting = self._nesting.get(record.guid)
         if not (changed or link_changed):
+            if self._nesting_changed(link, nesting) and not self.dry_run:
+                self._set_nesting(link, nesting)
+                link.save(update_fields=["member_keys", "member_digest", "parent_guids"])
             return group.pk
         self.report.counts["groups_updated"] += 1
         self.report.change(f"update group {record.name!r}")
@@ -245,9 +266,26 @@ class Store:
             link.dn, link.removed_at = record.dn, None
             link.object_sid = record.object_sid or ""
             link.last_changed = self.now
-            link.save(update_fields=["dn", "removed_at", "object_sid", "last_changed"])
+            fields = ["dn", "removed_at", "object_sid", "last_changed"]
+            if self._nesting_changed(link, nesting):
+                self._set_nesting(link, nesting)
+                fields += ["member_keys", "member_digest", "parent_guids"]
+            link.save(update_fields=fields)
         signals.group_synced.send(Store, group=group, created=False)
         return group.pk
+
+    @staticmethod
+    def _nesting_changed(link: DirectoryGroup, nesting: Nesting | None) -> bool:
+        return nesting is not None and (
+            link.member_digest != nesting.digest or link.parent_guids != nesting.parent_guids
+        )
+
+    @staticmethod
+    def _set_nesting(link: DirectoryGroup, nesting: Nesting | None) -> None:
+        if nesting is not None:
+            link.member_keys = nesting.member_keys
+            link.member_digest = nesting.digest
+            link.parent_guids = nesting.parent_guids
 
     def ensure_plain_groups(self, names: Iterable[str], create: bool) -> dict[str, int]:
         """Django groups by name (for LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT), created if asked."""
@@ -318,6 +356,7 @@ class Store:
         }
         unlinked = [r for r in records if r.guid not in links]
         adoptable = self._users_by_lower_username([r.username for r in unlinked])
+        linked_elsewhere = self._linked_user_ids(adoptable.values())
         outcomes: list[UserOutcome] = []
         to_create: list[tuple[UserRecord, Any]] = []
         to_update: dict[str, list[Any]] = {}
@@ -336,7 +375,7 @@ class Store:
                 outcomes.append(UserOutcome(record, user, created=True))
                 self.report.change(f"create user {record.username!r}")
                 continue
-            if link is None and DirectoryUser.objects.filter(user=user).exists():
+            if link is None and user.pk in linked_elsewhere:
                 self.report.problem(
                     "user %s skipped: Django user %r is linked to another directory entry",
                     record.dn,
@@ -378,21 +417,22 @@ class Store:
             self._fetch_missing_pks([user for _, user in to_create])
         for field_key, users in to_update.items():
             self.User.objects.bulk_update(users, field_key.split(","))
-        new_links = [
-            self._new_link(outcome.user, outcome.record)
-            for outcome in outcomes
-            if outcome.record.guid not in links
-        ]
-        if new_links:
-            DirectoryUser.objects.bulk_create(new_links)
-            for new_link in new_links:
-                links[new_link.guid] = new_link
         if links_to_update:
             DirectoryUser.objects.bulk_update(
                 links_to_update,
                 ["dn", "server", "object_sid", "last_changed", "removed_at", "removal_reason"],
             )
+        # New links are inserted last, once _sync_profiles has set their photo digests: an
+        # insert, not an insert and an update (bulk_update is slow: CASE WHEN per row).
+        new_links = [
+            self._new_link(outcome.user, outcome.record)
+            for outcome in outcomes
+            if outcome.record.guid not in links
+        ]
+        links.update((new_link.guid, new_link) for new_link in new_links)
         self._sync_profiles(outcomes, links)
+        if new_links:
+            DirectoryUser.objects.bulk_create(new_links)
         return outcomes
 
     def _users_by_lower_username(self, usernames: list[str]) -> dict[str, Any]:
@@ -403,6 +443,14 @@ class Store:
             _lower_name__in=lowered
         )
         return {getattr(user, self.username_field).lower(): user for user in query}
+
+    @staticmethod
+    def _linked_user_ids(users: Iterable[Any]) -> set[Any]:
+        """Ids of the adoptable users already linked to another entry: one query a batch."""
+        ids = [user.pk for user in users]
+        if not ids:
+            return set()
+        return set(DirectoryUser.objects.filter(user_id__in=ids).values_list("user_id", flat=True))
 
     def _fetch_missing_pks(self, users: list[Any]) -> None:
         """Backends that cannot return ids from a bulk insert: look them up by username."""
@@ -447,98 +495,124 @@ class Store:
     # -- profiles and photos -----------------------------------------------------------------
 
     def _sync_profiles(self, outcomes: list[UserOutcome], links: dict[str, DirectoryUser]) -> None:
-        """Create or update each profile row, then its photos. A dry run only reports."""
-        for spec, model in self.profile_models:
-            existing = [o.user for o in outcomes if o.user is not None and o.user.pk is not None]
-            by_user = {p.user_id: p for p in model.objects.filter(user__in=existing)}
-            created, updated = [], []
-            changed_fields: set[str] = set()
-            profiles: dict[str, Any] = {}  # record guid -> profile (saved or not)
-            for outcome in outcomes:
-                values = outcome.record.profiles.get(spec.label, {})
-                user = outcome.user
-                profile = by_user.get(user.pk) if user is not None else None
-                if profile is None:
-                    profile = model(user=user, **values) if user is not None else model(**values)
-                    created.append(profile)
-                else:
-                    changed = [f for f, v in values.items() if getattr(profile, f) != v]
-                    for name in changed:
-                        setattr(profile, name, values[name])
-                    if changed:
-                        changed_fields.update(changed)
-                        updated.append(profile)
-                        outcome.updated = True
-                        self.report.change(
-                            f"update profile of {outcome.record.username!r}: {', '.join(changed)}"
-                        )
-                profiles[outcome.record.guid] = profile
-            self.report.counts["profiles_created"] += len(created)
-            self.report.counts["profiles_updated"] += len(updated)
-            if not self.dry_run:
-                if created:
-                    model.objects.bulk_create(created)
-                if updated:
-                    model.objects.bulk_update(updated, sorted(changed_fields))
-            if spec.file_fields:
-                self._sync_photos(spec, profiles, outcomes, links)
+        """Create or update each profile row with its photos. A dry run only reports.
 
-    def _sync_photos(self, spec, profiles: dict, outcomes: list[UserOutcome], links) -> None:
+        Photo files are written before the rows, so that each row is written once: a new row is
+        inserted naming its file, a changed one updated once for its text and file fields.
+        """
+        for spec, model in self.profile_models:
+            profiles, dirty = self._diff_profiles(spec, model, outcomes)
+            if spec.file_fields:
+                self._sync_photos(spec, profiles, dirty, outcomes, links)
+            if not self.dry_run:
+                self._write_profiles(model, profiles, dirty)
+
+    def _diff_profiles(
+        self, spec, model, outcomes: list[UserOutcome]
+    ) -> tuple[dict[str, Any], dict[str, set[str]]]:
+        """Each record's profile (a new one unsaved), and the changed fields of existing rows,
+        both by record guid. Only users older than this batch can have a row to look up."""
+        known = [o.user for o in outcomes if o.user is not None and not o.created]
+        by_user = {p.user_id: p for p in model.objects.filter(user__in=known)} if known else {}
+        profiles: dict[str, Any] = {}
+        dirty: dict[str, set[str]] = {}
+        for outcome in outcomes:
+            values = outcome.record.profiles.get(spec.label, {})
+            user = outcome.user
+            profile = by_user.get(user.pk) if user is not None else None
+            if profile is None:
+                profile = model(user=user, **values) if user is not None else model(**values)
+                self.report.counts["profiles_created"] += 1
+            else:
+                changed = [f for f, v in values.items() if getattr(profile, f) != v]
+                for name in changed:
+                    setattr(profile, name, values[name])
+                if changed:
+                    dirty[outcome.record.guid] = set(changed)
+                    self.report.counts["profiles_updated"] += 1
+                    outcome.updated = True
+                    self.report.change(
+                        f"update profile of {outcome.record.username!r}: {', '.join(changed)}"
+                    )
+            profiles[outcome.record.guid] = profile
+        return profiles, dirty
+
+    @staticmethod
+    def _write_profiles(model, profiles: dict[str, Any], dirty: dict[str, set[str]]) -> None:
+        """Insert the new rows; update the changed ones, one ``bulk_update`` per set of fields."""
+        created = [profile for profile in profiles.values() if profile._state.adding]
+        if created:
+            model.objects.bulk_create(created)
+        by_fields: dict[tuple[str, ...], list[Any]] = {}
+        for guid, fields in dirty.items():
+            by_fields.setdefault(tuple(sorted(fields)), []).append(profiles[guid])
+        for fields, rows in by_fields.items():
+            model.objects.bulk_update(rows, fields)
+
+    def _sync_photos(
+        self, spec, profiles: dict, dirty: dict, outcomes: list[UserOutcome], links
+    ) -> None:
         """Write a photo only when its digest changed; delete the replaced file after commit.
 
-        Files are written one by one; the profile rows and identity links that name them are
-        updated afterwards in one ``bulk_update`` each.
+        Only the files are written here, and the digests of links that exist already (one
+        ``bulk_update``): the profile rows and new links are written afterwards naming them.
         """
-        changed_profiles: dict[int, Any] = {}
-        changed_fields: set[str] = set()
-        changed_links: dict[int, DirectoryUser] = {}
+        saved_links: dict[int, DirectoryUser] = {}
         for outcome in outcomes:
-            photos = outcome.record.photos.get(spec.label, {})
-            profile = profiles[outcome.record.guid]
-            link = links.get(outcome.record.guid)
-            digests = link.photo_digests if link is not None else {}
-            for field_name, data in photos.items():
-                key = f"{spec.label}.{field_name}"
-                digest = photo_digest(data) if data else ""
-                file = getattr(profile, field_name)
-                if digests.get(key, "") == digest and bool(file) == bool(data):
+            guid = outcome.record.guid
+            profile, link = profiles[guid], links.get(guid)
+            for field_name, data in outcome.record.photos.get(spec.label, {}).items():
+                if not self._sync_photo(spec.label, outcome, profile, link, field_name, data):
                     continue
-                self.report.counts["photos_written" if data else "photos_removed"] += 1
-                self.report.change(
-                    f"{'write' if data else 'remove'} photo of {outcome.record.username!r}"
-                )
-                outcome.updated = True
-                if self.dry_run:
-                    continue
-                old_name = file.name if file else None
-                if data:
-                    name = photo_filename(
-                        self.config.photo_name_template, outcome.record.username, self.now
-                    )
-                    try:
-                        file.save(name, ContentFile(data), save=False)
-                    except OSError as error:  # disk full, permissions: skip this photo only
-                        self.report.problem(
-                            "photo of %s not written: %s", outcome.record.dn, error
-                        )
-                        setattr(profile, field_name, old_name)
-                        continue
-                    self._written_files.append((file.storage, file.name))
-                else:
-                    setattr(profile, field_name, None)
-                changed_profiles[id(profile)] = profile
-                changed_fields.add(field_name)
-                if old_name:
-                    storage = file.storage
-                    transaction.on_commit(lambda n=old_name, s=storage: s.delete(n))
-                link.photo_digests = {**link.photo_digests, key: digest}
-                changed_links[id(link)] = link
-        if changed_profiles:
-            type(next(iter(changed_profiles.values()))).objects.bulk_update(
-                list(changed_profiles.values()), sorted(changed_fields)
-            )
-        if changed_links:
-            DirectoryUser.objects.bulk_update(list(changed_links.values()), ["photo_digests"])
+                if not profile._state.adding:
+                    dirty.setdefault(guid, set()).add(field_name)
+                if not link._state.adding:
+                    saved_links[id(link)] = link
+        if saved_links:
+            DirectoryUser.objects.bulk_update(list(saved_links.values()), ["photo_digests"])
+
+    def _sync_photo(
+        self, label: str, outcome: UserOutcome, profile, link, field_name: str, data
+    ) -> bool:
+        """Set one photo field (file written) and its digest in the link, in memory, if the
+        photo changed; True when the profile row and the link need saving."""
+        key = f"{label}.{field_name}"
+        digest = photo_digest(data) if data else ""
+        file = getattr(profile, field_name)
+        digests = link.photo_digests if link is not None else {}
+        if digests.get(key, "") == digest and bool(file) == bool(data):
+            return False
+        self.report.counts["photos_written" if data else "photos_removed"] += 1
+        self.report.change(f"{'write' if data else 'remove'} photo of {outcome.record.username!r}")
+        outcome.updated = True
+        if self.dry_run:
+            return False
+        old_name = file.name if file else None
+        if data:
+            if not self._save_photo(outcome.record, profile, field_name, data):
+                return False
+        else:
+            setattr(profile, field_name, None)
+        if old_name:
+            storage = file.storage
+            transaction.on_commit(lambda n=old_name, s=storage: s.delete(n))
+        link.photo_digests = {**link.photo_digests, key: digest}
+        return True
+
+    def _save_photo(self, record: UserRecord, profile, field_name: str, data: bytes) -> bool:
+        """Write the file and name it in the profile field (not saved). A failed write (disk
+        full, permissions) is reported and skips this photo only."""
+        file = getattr(profile, field_name)
+        old_name = file.name if file else None
+        name = photo_filename(self.config.photo_name_template, record.username, self.now)
+        try:
+            file.save(name, ContentFile(data), save=False)
+        except OSError as error:
+            self.report.problem("photo of %s not written: %s", record.dn, error)
+            setattr(profile, field_name, old_name)
+            return False
+        self._written_files.append((file.storage, file.name))
+        return True
 
     def _delete_written_files(self) -> None:
         written, self._written_files = self._written_files, []

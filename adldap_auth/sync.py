@@ -32,7 +32,7 @@ from .directory import DirectoryError, Entry
 from .directory.connection import ConnectionConfig, DirectorySession, RootDSE
 from .directory.decoding import domain_sid_and_rid, sid_to_str
 from .directory.readers import Scope, and_filter, member_filter, read_entries
-from .groups import GroupGraph
+from .groups import GroupGraph, StoredNesting, changed_nesting
 from .locking import LockLost, run_lock
 from .mapping import (
     MappingConfig,
@@ -48,6 +48,7 @@ from .mapping import (
 )
 from .models import DirectoryGroup, DirectoryUser, SyncMarker, SyncRun
 from .store import RunReport, Store
+from .stored_groups import clear_stored_groups
 from .tracking import TimestampHigh, changed_filter, choose_mode, choose_tracking, entry_changed
 
 logger = logging.getLogger("adldap_auth.sync")
@@ -255,6 +256,7 @@ class SyncEngine:
             mode_reason=self.mode_reason,
             error_kind=self.error_kind,
         )
+        clear_stored_groups()  # logins of this process see the nesting this run stored
         signals.run_finished.send(SyncEngine, run=record, summary=result.as_dict())
         return result
 
@@ -286,9 +288,12 @@ class SyncEngine:
         graph = GroupGraph([])
         present_groups: set[str] = set()
         changed_groups: set[str] = set()
+        before: dict[str, StoredNesting] = {}
         if s.GROUP:
             graph, present_groups, changed_groups = self._read_groups(config)
-            group_ids = store.sync_groups(graph.records())
+            if self.mode == INCREMENTAL:
+                before = stored_nesting(changed_groups)  # read before sync_groups stores the new
+            group_ids = store.sync_groups(graph.records(), graph.nesting())
         default_ids = set(
             store.ensure_plain_groups(
                 default_group_names(s.GROUP_MEMBERSHIP_ADD_DEFAULT),
@@ -301,7 +306,7 @@ class SyncEngine:
             present_users = self._sync_users(config, store, planner, managed)
             if self.mode == INCREMENTAL and s.GROUP_MEMBERSHIP and not planner.legacy:
                 self._resync_affected_memberships(
-                    config, store, planner, managed, present_users, changed_groups
+                    store, planner, managed, present_users, changed_groups, before
                 )
             self._remove_missing(store, set(present_users))
             self._delete_after_grace(store, set(present_users))
@@ -380,13 +385,20 @@ class SyncEngine:
         return present
 
     def _resync_affected_memberships(
-        self, config, store, planner, managed, present, changed_groups
+        self,
+        store: Store,
+        planner: MembershipPlanner,
+        managed: set[int],
+        present: dict[str, tuple[str, str | None]],
+        changed_groups: set[str],
+        before: dict[str, StoredNesting],
     ) -> None:
         """Incremental: memberships of users whose groups changed though their entry did not.
 
-        Affected: members (at any depth) of a changed group in the new graph, users holding a
-        Django membership of a changed or vanished group (they may have lost it), and users
-        whose primary group sits below a changed group.
+        Rechecked (see :func:`~adldap_auth.groups.changed_nesting`): users added to or removed
+        from a changed group; users at any depth below a group whose own place moved, and users
+        whose primary group is such a group or below one; users holding a group that vanished,
+        or a changed group whose former member list is unknown.
         """
         graph = planner.graph
         vanished = set(
@@ -394,19 +406,21 @@ class SyncEngine:
                 "group_id", flat=True
             )
         )
-        changed_ids = {planner.group_ids[g] for g in changed_groups if g in planner.group_ids}
-        affected_keys = graph.members_affected_by(changed_groups)
+        moved, affected_keys, unknown = changed_nesting(graph, before, changed_groups)
+        affected_keys |= graph.members_affected_by(moved)
         primary_hit = {
             sid
             for sid in {pg for _key, pg in present.values() if pg}
-            if (found := graph.find_by_sid(sid)) is not None
-            and graph.ancestors(found.guid) & changed_groups
+            if (found := graph.find_by_sid(sid)) is not None and graph.ancestors(found.guid) & moved
         }
+        unknown_ids = {planner.group_ids[g] for g in unknown if g in planner.group_ids}
         # Changes spread over most groups affect most users: then every user is rechecked,
         # which ends in the same state (a recheck of an unaffected user changes nothing) without
-        # reading who holds the changed groups (millions of rows at 100,000 users).
+        # reading who holds the groups (millions of rows at 100,000 users).
         recheck_all = len(affected_keys) >= len(present) // 2
-        held = set() if recheck_all else set(user_ids_holding(store, changed_ids | vanished))
+        held = set() if recheck_all else set(user_ids_holding(store, unknown_ids | vanished))
+        if not (recheck_all or affected_keys or primary_hit or held):
+            return
         # Disabled users are still in scope: a full run keeps their memberships current too.
         links = dict(DirectoryUser.objects.values_list("guid", "user_id"))
         wanted: dict[int, set[int]] = {}
@@ -566,6 +580,14 @@ class SyncEngine:
         else:
             marker.incrementals_since_full += 1
         marker.save()
+
+
+def stored_nesting(group_guids: set[str]) -> dict[str, StoredNesting]:
+    """DN and member list that the database holds of these groups (those it has)."""
+    rows = DirectoryGroup.objects.filter(guid__in=list(group_guids)).values_list(
+        "guid", "dn", "member_keys"
+    )
+    return {guid: StoredNesting(dn, keys) for guid, dn, keys in rows}
 
 
 def user_ids_holding(store: Store, group_ids: set[int]) -> list[int]:

@@ -161,15 +161,6 @@ def assert_consistent(media_root: Path) -> None:
     assert on_disk == named, f"files that no row names: {sorted(on_disk - named)}"
 
 
-@pytest.fixture
-def media(settings, tmp_path) -> Path:
-    """A MEDIA_ROOT of the test's own, so that every file in it can be accounted for."""
-    root = tmp_path / "media"
-    root.mkdir()
-    settings.MEDIA_ROOT = str(root)
-    return root
-
-
 # -- faults injected from inside a run -----------------------------------------------------------
 
 #: Faults to run, once each, after the next batch has committed (see :func:`inject_fault`).
@@ -542,20 +533,21 @@ def test_a_retried_batch_reports_each_problem_once(make_slapd):
     assert result.counts["errors"] == 2 and result.counts["users_skipped"] == 1
 
 
-def _fail_photo_link_update(dn_prefix: str) -> tuple[str, str]:
-    """SQL to create and drop a trigger that refuses to record the photo of one user."""
+def _fail_new_link(dn_prefix: str) -> tuple[str, str]:
+    """SQL to create and drop a trigger that refuses the identity link of one new user: the
+    last write of its batch, inserted with its photo digests once the photo files are written."""
     table = DirectoryUser._meta.db_table
     if connection.vendor == "postgresql":
         create = (
             "CREATE FUNCTION adldap_test_fail() RETURNS trigger LANGUAGE plpgsql AS $$ "
             "BEGIN RAISE EXCEPTION 'simulated database failure'; END $$; "
-            f"CREATE TRIGGER adldap_test_fail BEFORE UPDATE OF photo_digests ON {table} "
+            f"CREATE TRIGGER adldap_test_fail BEFORE INSERT ON {table} "
             f"FOR EACH ROW WHEN (NEW.dn LIKE '{dn_prefix}%') EXECUTE FUNCTION adldap_test_fail()"
         )
         drop = f"DROP TRIGGER adldap_test_fail ON {table}; DROP FUNCTION adldap_test_fail()"
     else:
         create = (
-            f"CREATE TRIGGER adldap_test_fail BEFORE UPDATE OF photo_digests ON {table} "
+            f"CREATE TRIGGER adldap_test_fail BEFORE INSERT ON {table} "
             f"WHEN NEW.dn LIKE '{dn_prefix}%' "
             "BEGIN SELECT RAISE(ABORT, 'simulated database failure'); END"
         )
@@ -571,7 +563,7 @@ def test_a_database_failure_after_the_photos_rolls_back_the_batch_and_its_files(
     the other rows and batches are whole. Once the database accepts it, the next run adds u05."""
     spec = company()
     server = make_slapd(spec=spec)
-    create, drop = _fail_photo_link_update("uid=u05,")
+    create, drop = _fail_new_link("uid=u05,")
     with connection.cursor() as cursor:
         cursor.execute(create)
     with override_settings(**fault_settings(server)):

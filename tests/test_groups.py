@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adldap_auth.groups import GroupGraph
+from adldap_auth.groups import GroupGraph, StoredNesting, changed_nesting, member_digest
 from adldap_auth.mapping import GroupRecord, normalize_dn
 
 DOMAIN_SID = "S-1-5-21-1-2-3"
@@ -326,3 +326,72 @@ def test_groups_for_matches_naive_bfs(directory):
         for user in range(user_count + 2):
             key = user_key(f"U{user}")
             assert (key in affected) == (f"guid-G{g}" in graph.groups_for(key)), (g, user)
+
+
+# -- changed_nesting: what an incremental run rechecks ----------------------------------------
+
+
+def stored(graph: GroupGraph) -> dict:
+    """What a batch run would have stored of every group of ``graph``."""
+    return {
+        record.guid: StoredNesting(record.dn, sorted(record.member_keys))
+        for record in graph.records()
+    }
+
+
+def test_changed_nesting_user_added_and_removed_is_only_that_user():
+    before = stored(lab_graph())
+    after = GroupGraph(
+        [group("Staff", "group:R&D", "carol", "frank")]  # jdoe removed, frank added
+        + [g for g in lab_graph().records() if g.name != "Staff"]
+    )
+    moved, keys, unknown = changed_nesting(after, before, ["guid-Staff"])
+    assert (moved, unknown) == (set(), set())
+    assert keys == {user_key("jdoe"), user_key("frank")}
+
+
+def test_changed_nesting_nested_group_edge_moves_the_child():
+    before = stored(lab_graph())
+    records = [g for g in lab_graph().records() if g.name not in ("R&D", "Sales")]
+    records += [group("R&D"), group("Sales", "carol", "dave", "zoe", "group:Engineering")]
+    after = GroupGraph(records)
+    moved, keys, unknown = changed_nesting(after, before, ["guid-R&D", "guid-Sales"])
+    assert names(moved) == {"Engineering"}
+    assert keys == set() and unknown == set()
+    # The users to recheck are those below Engineering, not every member of R&D's parents.
+    assert after.members_affected_by(moved) == {user_key("alice"), user_key("bob")}
+
+
+def test_changed_nesting_unchanged_member_list_moves_nothing():
+    graph = lab_graph()
+    assert changed_nesting(graph, stored(graph), [r.guid for r in graph.records()]) == (
+        set(),
+        set(),
+        set(),
+    )
+
+
+def test_changed_nesting_unknown_or_new_group_and_renamed_group():
+    graph = lab_graph()
+    before = stored(graph)
+    before["guid-Engineering"] = StoredNesting(group_dn("Engineering"), None)  # older version
+    del before["guid-Sales"]  # new in the database
+    before["guid-R&D"] = StoredNesting(group_dn("Old R&D"), before["guid-R&D"].member_keys)
+    moved, keys, unknown = changed_nesting(
+        graph, before, ["guid-Engineering", "guid-Sales", "guid-R&D", "guid-gone"]
+    )
+    assert names(moved) == {"Engineering", "Sales", "R&D"}
+    assert names(unknown) == {"Engineering", "Sales"}
+    assert keys == set()
+
+
+def test_nesting_is_sorted_members_digest_and_parents():
+    graph = lab_graph()
+    nesting = graph.nesting()
+    engineering = nesting["guid-Engineering"]
+    assert engineering.member_keys == sorted(engineering.member_keys)
+    assert engineering.digest == member_digest(reversed(engineering.member_keys))
+    assert names(engineering.parent_guids) == {"R&D"}
+    assert names(nesting["guid-Cycle A"].parent_guids) == {"Cycle B"}
+    assert nesting["guid-Everyone"].parent_guids == []
+    assert member_digest(["a", "b"]) != member_digest(["a", "c"])

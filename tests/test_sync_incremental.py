@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import ldap
@@ -87,6 +88,63 @@ def test_incremental_reads_only_changed_users(make_slapd):
     assert 0 < result.counts["users_seen"] <= 2 * len(changes.users_changed) + 5
     assert result.counts["users_swept"] == len(new_spec.users)
     assert spy.count == result.ldap_searches
+
+
+def _regroup(spec, changes: dict[str, list[str]]):
+    """A copy of ``spec`` where the named groups get new member lists."""
+    groups = [
+        dataclasses.replace(g, members=changes[g.name]) if g.name in changes else g
+        for g in spec.groups
+    ]
+    return dataclasses.replace(spec, groups=groups)
+
+
+def test_incremental_follows_nesting_changes_and_rechecks_only_users_below_them(make_slapd):
+    spec = synthetic(users=400, groups=40, depth=4, seed=11)
+    server = make_slapd(spec=spec)
+    # Groups one level above the leaves ("L2 ...") lose or gain a leaf group ("L3 ...").
+    nested = [g for g in spec.groups if any(m.startswith("group:L3 ") for m in g.members)]
+    parent = nested[0]  # loses one nested group...
+    child = next(m for m in parent.members if m.startswith("group:"))
+    host = nested[1]  # ...and another one gains a leaf group it did not hold
+    leaf = next(
+        g for g in spec.groups if g.name.startswith("L3 ") and f"group:{g.name}" not in host.members
+    )
+    joiner = next(u.key for u in spec.users if u.key not in leaf.members and not u.disabled)
+    new_spec = _regroup(
+        spec,
+        {
+            parent.name: [m for m in parent.members if m != child],
+            host.name: [*host.members, f"group:{leaf.name}"],
+            leaf.name: [*leaf.members, joiner],
+        },
+    )
+    changed = [parent, host, leaf]
+    with override_settings(**incremental_settings(server)):
+        assert run_sync(SyncOptions(mode="full")).ok
+        # Move the marker past the second that stamped every entry of the load.
+        time.sleep(1.1)  # modifyTimestamp has a one-second resolution
+        warmup, _ = mutate(server.spec, fraction_users=0.01, fraction_memberships=0.0, seed=2)
+        server.apply(server.spec, warmup)
+        assert run_sync(SyncOptions(mode="incremental")).ok
+        time.sleep(1.1)
+        new_spec = _regroup(warmup, {g.name: new_spec.group(g.name).members for g in changed})
+        server.apply(server.spec, new_spec)
+        result = run_sync(SyncOptions(mode="incremental"))
+    assert result.ok, result.error or result.problems
+    assert_matches_spec(server)
+    # Rechecked: users below the moved groups (either side of the change), and the joiner.
+    moved = {child.removeprefix("group:"), leaf.name}
+    below = {
+        user
+        for closure in (spec.expected_groups(), new_spec.expected_groups())
+        for user, groups in closure.items()
+        if groups & moved
+    }
+    rechecked = result.counts["memberships_rechecked_users"]
+    assert 0 < rechecked <= len(below | {joiner})
+    assert len(below) < len(spec.users) // 2  # so the bound above means something
+    assert result.counts["memberships_added"] > 0 and result.counts["memberships_removed"] > 0
 
 
 def test_deleted_user_is_removed_by_the_next_incremental(make_slapd):
