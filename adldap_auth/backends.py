@@ -65,6 +65,8 @@ from urllib.parse import urlsplit
 
 import ldap
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django_auth_ldap.backend import LDAPBackend
 from django_auth_ldap.config import LDAPGroupType, LDAPSearch
 
@@ -230,8 +232,34 @@ class DirectoryGroupType(LDAPGroupType):
         return names[0]
 
 
+#: What depends on the settings only, computed once per process: ``"derived"`` (the settings
+#: :func:`derived_settings` returns), ``("config", is_ad)`` (the login's mapping configs) and
+#: ``"connection"`` (the sync's connection config). Emptied when a setting changes
+#: (``override_settings`` in tests).
+_settings_cache: dict[Any, Any] = {}
+
+
+@receiver(setting_changed)
+def _clear_settings_cache(sender: Any, setting: str, **kwargs: Any) -> None:
+    # Any setting: the mapping config also depends on AUTH_USER_MODEL and the profile models.
+    _settings_cache.clear()
+
+
 def derived_settings() -> dict[str, Any]:
-    """django-auth-ldap settings (names without ``AUTH_LDAP_``) from the ``LDAP_SYNC_*`` ones."""
+    """django-auth-ldap settings (names without ``AUTH_LDAP_``) from the ``LDAP_SYNC_*`` ones.
+
+    Computed once per process (django-auth-ldap asks at every login) and again when a setting
+    changes; settings that cannot be derived are not kept, so their error is logged each time.
+    """
+    derived = _settings_cache.get("derived")
+    if derived is None:
+        derived, complete = _derive_settings()
+        if complete:
+            _settings_cache["derived"] = derived
+    return {**derived, "CONNECTION_OPTIONS": dict(derived["CONNECTION_OPTIONS"])}
+
+
+def _derive_settings() -> tuple[dict[str, Any], bool]:
     s = sync_settings
     uris = s.bind_uris
     uses_tls = bool(s.START_TLS) or any(urlsplit(u).scheme.lower() == "ldaps" for u in uris)
@@ -265,13 +293,23 @@ def derived_settings() -> dict[str, Any]:
         # Reported by ``manage.py check`` too; logins fail (None) until it is fixed, and
         # other backends (ModelBackend) keep working.
         logger.error("directory login disabled: %s", error)
-        return derived
+        return derived, False
     upn_attr = "userPrincipalName" if name_attr.lower() == "samaccountname" else None
     derived["USER_SEARCH"] = DirectoryUserSearch(
         s.USER_SEARCH or "", s.USER_FILTER, name_attr, attrlist, upn_attr
     )
     derived["USER_ATTRLIST"] = attrlist
-    return derived
+    return derived, True
+
+
+def _mapping_config(is_ad: bool) -> MappingConfig:
+    """``build_mapping_config(is_ad=...)``, kept like :func:`derived_settings` (the config also
+    keeps the mapper's plan, which is then not made again at every login)."""
+    key = ("config", is_ad)
+    config = _settings_cache.get(key)
+    if config is None:
+        config = _settings_cache[key] = build_mapping_config(is_ad=is_ad)
+    return config
 
 
 @dataclass
@@ -366,7 +404,7 @@ class ADLDAPBackend(LDAPBackend):
             return link.user, False
         groups = self.directory_groups(ldap_user)
         server = link.server if link is not None else self._server(ldap_user)
-        user = write_user(record, groups, state.config, server=server)
+        user = write_user(record, groups, state.config, server=server, link=link)
         if user is None:
             raise ldap_user.AuthenticationFailed(
                 f"the directory entry of {record.username!r} could not be written"
@@ -385,7 +423,7 @@ class ADLDAPBackend(LDAPBackend):
         except DirectoryError as error:
             raise _lookup_error(error) from None
         is_ad = is_ad_entry(entry)
-        config = build_mapping_config(is_ad=is_ad)
+        config = _mapping_config(is_ad)
         try:
             record = map_user(mapping_entry(entry, config), config)
         except SkipEntry as skip:
@@ -428,7 +466,10 @@ class ADLDAPBackend(LDAPBackend):
     def _session(self, ldap_user) -> DirectorySession:
         """A session on django-auth-ldap's connection, bound as the service account."""
         uri = self.settings.SERVER_URI
-        return DirectorySession(ldap_user.connection, str(uri), connection_config())
+        config = _settings_cache.get("connection")
+        if config is None:
+            config = _settings_cache["connection"] = connection_config()
+        return DirectorySession(ldap_user.connection, str(uri), config)
 
     def _server(self, ldap_user) -> str:
         return connected_uri(ldap_user.connection, sync_settings.bind_uris)

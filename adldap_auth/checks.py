@@ -529,8 +529,9 @@ _ADVICE = {
     "USER_SEARCH": "None uses LDAP_SYNC_BIND_SEARCH.",
     "GROUP_SEARCH": "None uses LDAP_SYNC_BIND_SEARCH.",
     "LOGIN_GROUP_RESOLUTION": '"auto" resolves a logging-in user\'s groups with tokenGroups '
-    'on Active Directory and with the cached group graph elsewhere; "in_chain" uses one '
-    'LDAP_MATCHING_RULE_IN_CHAIN search on AD; "graph" always uses the graph.',
+    'on Active Directory and elsewhere with one search of the direct groups and the nesting '
+    'stored by the last batch run; "in_chain" uses one LDAP_MATCHING_RULE_IN_CHAIN search on '
+    'AD; "graph" always uses the directory\'s group graph.',
     "LOGIN_GROUP_CACHE_TIMEOUT": "Seconds the login backend keeps the group graph in the "
     "process; 0 reads it at every login.",
 }

@@ -40,21 +40,35 @@ Groups (:func:`user_groups`), ``LDAP_SYNC_LOGIN_GROUP_RESOLUTION``
     SID>>)))``, with the same ``memberOf`` edges. 2 searches in all, but the server walks
     every group of the scope: on Samba 4.17 about 10 times slower than the fast path.
 
-    *Other servers* (and ``"graph"`` everywhere): the whole group graph of the scope, read as
-    the batch reads it (paged, ranged ``member`` values), kept in the process for
+    ``"auto"`` on *other servers* (``member`` values), once a batch run has stored the nesting
+    (:mod:`adldap_auth.stored_groups`): one search of the user's direct groups,
+    ``(&<GROUP_FILTER>(member=<user dn>))``, and the groups above them as the last batch run
+    stored them. A user's own memberships reach the login at once; a change of nesting (a
+    group put into another) with the next batch run. A direct group that the last batch run
+    did not store (created since) makes the login read the graph, as below. Cost after the
+    bind: 1 search, whatever the number of groups.
+
+    ``"graph"`` everywhere (and ``"auto"`` before any batch run, or with ``memberUid`` or
+    ``uniqueMember`` values): the whole group graph of the scope, read as the batch reads it
+    (paged, ranged ``member`` values), kept in the process for
     ``LDAP_SYNC_LOGIN_GROUP_CACHE_TIMEOUT`` seconds (default 60; 0 reads it at every login),
     so a group change reaches logins within that delay (and the next batch run in any case).
-    Cost after the bind: 1 search with a warm cache, 1 + one per page of groups when cold.
+    Cost after the bind: 0 searches with a warm cache, one per page of groups when cold.
 
     ``LDAP_SYNC_GROUP_MEMBERSHIP_MODE = "filter"`` (the seed's per-user filter) runs that
     filter in the group scope (plus the primary group clauses on AD): 2 searches.
 
 Writes (:func:`write_user`)
-    ``Store.sync_groups`` for the user's groups, ``Store.ensure_plain_groups`` for
-    ``LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT``, ``Store.sync_users([record])`` and
-    ``Store.sync_memberships`` for that one user, each in its own savepoint. A batch run (or
-    another login) writing the same rows at the same moment makes one of them fail on a unique
-    constraint; the login then starts again from the database's new state, up to
+    One query first reads the links of the user's groups, the default groups
+    (``LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT``) and the user's memberships of both. Then,
+    each in its own savepoint and only for what differs: ``Store.sync_groups`` for the groups
+    not linked yet or changed (name, DN, SID), ``Store.ensure_plain_groups`` for missing
+    default groups, ``Store.sync_memberships`` when the memberships are not the directory's;
+    ``Store.sync_users([record])`` always (it writes nothing when nothing changed). The login
+    of an unchanged user thus reads the link, the groups, then (the store) the link and the
+    profiles, and writes nothing but django-auth-ldap's own ``user.save()``. A batch run (or
+    another login) writing the same rows at the same moment makes one of them fail on a
+    unique constraint; the login then starts again from the database's new state, up to
     :data:`WRITE_ATTEMPTS` times, so no ``IntegrityError`` reaches the login view.
 """
 
@@ -73,8 +87,9 @@ from urllib.parse import urlsplit
 
 import ldap
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.signals import setting_changed
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.dispatch import receiver
 from ldap.filter import escape_filter_chars
 
@@ -98,6 +113,7 @@ from .mapping import (
 )
 from .models import DirectoryGroup, DirectoryUser
 from .store import RunReport, Store
+from .stored_groups import clear_stored_groups, stored_groups
 from .sync import default_group_names
 
 logger = logging.getLogger("adldap_auth.login")
@@ -307,9 +323,40 @@ def user_groups(
             if found is not None:
                 return found
         return _in_chain_groups(session, entry, record, config)
+    if resolution == "auto" and config.member_attribute == "member":
+        found = _stored_nesting_groups(session, record, config)
+        if found is not None:
+            return found
     graph = group_graph(session, config)
     guids = graph.groups_for(record.member_key, record.primary_group_sid)
     return [group for group in graph.records() if group.guid in guids]
+
+
+def _stored_nesting_groups(
+    session: DirectorySession, record: UserRecord, config: MappingConfig
+) -> list[GroupRecord] | None:
+    """The user's direct groups, read live (one search), and the groups above them as the last
+    batch run stored them (:mod:`adldap_auth.stored_groups`).
+
+    None when that cannot answer: no batch run stored the nesting, or a direct group (or the
+    primary group) is not in it (created since the last batch run, or skipped by it).
+    """
+    stored = stored_groups()
+    if not stored:
+        return None
+    s = sync_settings
+    filterstr = and_filter(s.GROUP_FILTER, f"(member={escape_filter_chars(record.dn)})")
+    attributes = _group_attributes_without_members(config)
+    found = _read_groups(session, Scope(s.GROUP_SEARCH, filterstr), attributes, config)
+    direct = {group.guid: group for _, group in found}
+    start = set(direct)
+    if record.primary_group_sid:
+        start.add(stored.guid_of_sid(record.primary_group_sid) or "")
+    if not all(guid in stored for guid in start):
+        logger.debug("login of %s: a group is not in the stored nesting", record.dn)
+        return None
+    above = stored.ancestors(start) - direct.keys()
+    return [*direct.values(), *(stored.record(guid) for guid in sorted(above))]
 
 
 def _primary_group_clauses(record: UserRecord) -> list[str]:
@@ -520,6 +567,7 @@ def clear_group_cache() -> None:
     with _graph_lock:
         _graph_cache.clear()
         _token_groups_unreadable.clear()
+    clear_stored_groups()
 
 
 @receiver(setting_changed)
@@ -538,7 +586,8 @@ class _NotWritten(Exception):
 
 def existing_user(record: UserRecord) -> DirectoryUser | None:
     """The identity link of the entry, with its user, if the entry was synced before."""
-    return DirectoryUser.objects.select_related("user").filter(guid=record.guid).first()
+    found = DirectoryUser.objects.select_related("user").filter(guid=record.guid)[:1]
+    return next(iter(found), None)  # a slice, not first(): guid is unique, no ORDER BY needed
 
 
 def username_taken(record: UserRecord, config: MappingConfig) -> bool:
@@ -548,14 +597,23 @@ def username_taken(record: UserRecord, config: MappingConfig) -> bool:
 
 
 def write_user(
-    record: UserRecord, groups: Sequence[GroupRecord], config: MappingConfig, *, server: str
+    record: UserRecord,
+    groups: Sequence[GroupRecord],
+    config: MappingConfig,
+    *,
+    server: str,
+    link: DirectoryUser | None = None,
 ) -> Any | None:
     """Write one user, its profiles, photo, groups and memberships; return the Django user.
+
+    ``link`` is the entry's identity link as :func:`existing_user` found it, when the caller
+    has it: the user's memberships are then read with its groups, in one query.
 
     None when the store skipped the entry (a username owned by another directory entry, a
     database error that persisted over :data:`WRITE_ATTEMPTS` attempts): the reasons are
     logged as warnings by the store.
     """
+    callbacks = [resolve_callback(path) for path in sync_settings.USER_CALLBACKS]
     for attempt in range(1, WRITE_ATTEMPTS + 1):
         report = RunReport()
         store = Store(
@@ -563,10 +621,10 @@ def write_user(
             report,
             server=server,
             set_unusable_password=sync_settings.USER_SET_UNUSABLE_PASSWORD,
-            user_callbacks=[resolve_callback(path) for path in sync_settings.USER_CALLBACKS],
+            user_callbacks=callbacks,
         )
         try:
-            return _write_once(store, record, groups)
+            return _write_once(store, record, groups, link if attempt == 1 else None)
         except (IntegrityError, _NotWritten) as error:
             logger.info(
                 "login of %s: write attempt %d of %d failed (%s)",
@@ -579,30 +637,174 @@ def write_user(
     return None
 
 
-def _write_once(store: Store, record: UserRecord, groups: Sequence[GroupRecord]) -> Any:
-    s = sync_settings
-    group_ids = _sync_groups(store, groups) if groups else {}
-    with transaction.atomic():
-        default_ids = set(
-            store.ensure_plain_groups(
-                default_group_names(s.GROUP_MEMBERSHIP_ADD_DEFAULT),
-                s.GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS,
-            ).values()
+class _Known:
+    """What the database holds for one login, read before writing (no transaction: reads only).
+
+    ``group_ids``: guid -> Django group id of the user's groups that are linked with the same
+    name, fields, DN and SID (the store would not touch them); ``stale``: the other groups,
+    written by the store. ``default_ids``: LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT's groups,
+    None when one is missing (the store creates or reports it). ``member_of``: the groups
+    linked to a directory group or default ones that ``user_id`` is a member of, None when not
+    read (no known user).
+    """
+
+    def __init__(self) -> None:
+        self.group_ids: dict[str, int] = {}
+        self.stale: list[GroupRecord] = []
+        self.default_ids: set[int] | None = set()
+        self.member_of: set[int] | None = None
+        self.user_id: int | None = None
+
+
+def _read_known(
+    groups: Sequence[GroupRecord], default_names: Sequence[str], user_id: int | None
+) -> _Known:
+    """What the database holds for these groups and default groups and, given ``user_id``,
+    the user's memberships of them and of every other linked group: one query."""
+    known = _Known()
+    membership = user_id is not None and bool(sync_settings.GROUP_MEMBERSHIP)
+    default_names = list(dict.fromkeys(default_names))
+    if not (groups or membership or default_names):
+        return known
+    fields = sorted({"name", *(name for group in groups for name in group.fields)})
+    rows = _known_rows(
+        [group.guid for group in groups], default_names, user_id if membership else None, fields
+    )
+    # (guid, group id, dn, object_sid, removed_at, member, *fields); guid None: a default group
+    linked = {row[0]: row for row in rows if row[0] is not None}
+    if membership:
+        known.member_of = {row[1] for row in rows if row[5]}
+        known.user_id = user_id
+    # Two records with one name: the store decides which one gets it (and reports).
+    unique_names = len({group.name for group in groups}) == len(groups)
+    for group in groups:
+        row = linked.get(group.guid)
+        if (
+            unique_names
+            and row is not None
+            and row[4] is None
+            and row[2] == group.dn
+            and row[3] == (group.object_sid or "")
+            and dict(zip(fields, row[6:], strict=True)) == {**group.fields, "name": group.name}
+        ):
+            known.group_ids[group.guid] = row[1]
+        else:
+            known.stale.append(group)
+    if default_names:
+        name_at = 6 + fields.index("name")
+        found = {row[name_at]: row[1] for row in rows if row[0] is None}
+        known.default_ids = set(found.values()) if len(found) == len(default_names) else None
+    return known
+
+
+def _known_rows(
+    guids: list[str], default_names: list[str], user_id: int | None, fields: list[str]
+) -> list[tuple]:
+    """One query: the directory groups with these guids and, when ``user_id`` is given, those
+    the user is a member of; then the groups named ``default_names``. Each row: guid (None for
+    the default groups), group id, dn, object_sid, removed_at, whether ``user_id`` is a member
+    (0 without a user), then the group's ``fields``.
+
+    Raw SQL from the models' tables and columns: the ORM spent longer compiling this query (an
+    OR of two indexed lookups and a correlated EXISTS) than the database spent on the whole
+    login's statements.
+    """
+    connection = connections[router.db_for_read(DirectoryGroup)]
+    quote = connection.ops.quote_name
+
+    def column(model: Any, name: str) -> str:
+        return quote(model._meta.get_field(name).column)
+
+    m2m = get_user_model()._meta.get_field("groups")
+    through = quote(m2m.remote_field.through._meta.db_table)
+    m_user, m_group = quote(m2m.m2m_column_name()), quote(m2m.m2m_reverse_name())
+    links, group_table = quote(DirectoryGroup._meta.db_table), quote(Group._meta.db_table)
+    group_pk, link_group = quote(Group._meta.pk.column), column(DirectoryGroup, "group")
+    member, member_params = "0", []
+    if user_id is not None:
+        member = (
+            f"CASE WHEN EXISTS (SELECT 1 FROM {through} m WHERE m.{m_user} = %s "
+            f"AND m.{m_group} = g.{group_pk}) THEN 1 ELSE 0 END"
         )
-    with transaction.atomic():
-        outcomes = store.sync_users([record])
+        member_params = [user_id]
+    values = ", ".join(f"g.{column(Group, name)}" for name in fields)
+    parts: list[str] = []
+    params: list[Any] = []
+    terms, term_params = [], []
+    if guids:
+        marks = ", ".join(["%s"] * len(guids))
+        terms.append(f"d.{column(DirectoryGroup, 'guid')} IN ({marks})")
+        term_params += guids
+    if user_id is not None:
+        terms.append(
+            f"d.{link_group} IN (SELECT m.{m_group} FROM {through} m WHERE m.{m_user} = %s)"
+        )
+        term_params.append(user_id)
+    if terms:
+        guid, dn, sid, removed = (
+            f"d.{column(DirectoryGroup, name)}"
+            for name in ("guid", "dn", "object_sid", "removed_at")
+        )
+        parts.append(
+            f"SELECT {guid}, g.{group_pk}, {dn}, {sid}, {removed}, {member}, {values} "
+            f"FROM {links} d INNER JOIN {group_table} g ON g.{group_pk} = d.{link_group} "
+            f"WHERE {' OR '.join(terms)}"
+        )
+        params += member_params + term_params
+    if default_names:
+        marks = ", ".join(["%s"] * len(default_names))
+        parts.append(
+            f"SELECT NULL, g.{group_pk}, NULL, NULL, NULL, {member}, {values} "
+            f"FROM {group_table} g WHERE g.{column(Group, 'name')} IN ({marks})"
+        )
+        params += member_params + default_names
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(parts), params)
+        return cursor.fetchall()
+
+
+def _write_once(
+    store: Store,
+    record: UserRecord,
+    groups: Sequence[GroupRecord],
+    link: DirectoryUser | None = None,
+) -> Any:
+    """One attempt. Reads what is there first; what is already as the directory says (the
+    common login of an unchanged user) is neither written nor wrapped in a transaction."""
+    s = sync_settings
+    default_names = default_group_names(s.GROUP_MEMBERSHIP_ADD_DEFAULT)
+    known = _read_known(groups, default_names, link.user_id if link is not None else None)
+    group_ids = dict(known.group_ids)
+    if known.stale:
+        group_ids.update(_sync_groups(store, known.stale))
+    default_ids = known.default_ids
+    if default_ids is None:
+        with transaction.atomic():
+            default_ids = set(
+                store.ensure_plain_groups(default_names, s.GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS)
+                .values()
+            )  # fmt: skip
+    outcomes = store.sync_users([record])  # in its own transaction
     if not outcomes or outcomes[0].user is None:
         raise _NotWritten("; ".join(store.report.problems) or "skipped by the store")
     user = outcomes[0].user
     if s.GROUP_MEMBERSHIP:
         wanted = {group_ids[g.guid] for g in groups if g.guid in group_ids} | default_ids
-        through = type(user).groups.through
-        current = through.objects.filter(user_id=user.pk).values("group_id")
-        linked = set(
-            DirectoryGroup.objects.filter(group_id__in=current).values_list("group_id", flat=True)
-        )
+        member_of = known.member_of
+        exact = not known.stale and known.default_ids is not None and user.pk == known.user_id
+        if member_of is None or not exact:
+            # Read now: the user is new, or groups were just written (adopted groups...).
+            through = type(user).groups.through
+            current = through.objects.filter(user_id=user.pk).values("group_id")
+            member_of = set(
+                DirectoryGroup.objects.filter(group_id__in=current).values_list(
+                    "group_id", flat=True
+                )
+            )
+        elif member_of == wanted:
+            return user  # the memberships are already as the directory says
         with transaction.atomic():
-            store.sync_memberships({user.pk: wanted}, linked | wanted | default_ids)
+            store.sync_memberships({user.pk: wanted}, member_of | wanted | default_ids)
     return user
 
 

@@ -695,9 +695,12 @@ SETTINGS: dict[str, dict] = {
             "How the login backend finds the groups of a user who logs in (the result is the "
             "batch's in every case). `\"auto\"`: on Active Directory the user's `tokenGroups` "
             "and one search of the group scope, falling back to `\"in_chain\"` when that "
-            "cannot answer for sure; elsewhere the group graph, read once and kept in the "
-            "process. `\"in_chain\"`: on AD one `LDAP_MATCHING_RULE_IN_CHAIN` search (fewer "
-            "round trips, more work for the server). `\"graph\"`: always the graph."
+            "cannot answer for sure; elsewhere the user's direct groups (one search) and the "
+            "nesting stored by the last batch run, or the group graph, read once and kept in "
+            "the process, before any batch run. `\"in_chain\"`: on AD one "
+            "`LDAP_MATCHING_RULE_IN_CHAIN` search (fewer round trips, more work for the "
+            "server). `\"graph\"`: always the directory's graph (nesting changes reach logins "
+            "without waiting for a batch run)."
         ),
         "example": '"auto"',
         "seed": False,

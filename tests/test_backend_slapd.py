@@ -16,6 +16,7 @@ from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django_auth_ldap.config import LDAPSearch
 
 from adldap_auth.backends import ADLDAPBackend, DirectoryUserSearch, derived_settings
@@ -100,6 +101,50 @@ def test_login_after_a_batch_run_changes_nothing(slapd_lab):
             user = authenticate(username=key, password=LAB_PASSWORD)
             assert user is not None and user.pk == pks[key]
         assert django_state() == before
+
+
+@pytest.mark.parametrize(
+    ("more", "most"),
+    [({}, 7), ({"LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT": ["Directory users"]}, 8)],
+    ids=["plain", "add-default"],
+)
+def test_login_of_an_unchanged_user_issues_few_statements(slapd_lab, more, most):
+    """Reads only, except django-auth-ldap's own ``user.save()`` (ALWAYS_UPDATE_USER): the
+    link, the groups with the memberships (one query), the store's user batch (one savepoint:
+    the link again, the profile), plus the default groups when there are some."""
+    with override_settings(**settings_for(slapd_lab, **more)):
+        assert run_sync(SyncOptions(mode="full")).ok
+        assert authenticate(username="alice", password=LAB_PASSWORD) is not None
+        before = django_state()
+        with CaptureQueriesContext(connection) as queries:
+            user = authenticate(username="alice", password=LAB_PASSWORD)
+        assert django_state() == before
+    statements = [q["sql"] for q in queries.captured_queries]
+    writes = [sql for sql in statements if not sql.startswith(("SELECT", "SAVEPOINT", "RELEASE"))]
+    assert len(writes) == 1 and writes[0].startswith('UPDATE "auth_user"'), writes
+    assert sum(sql.startswith("SAVEPOINT") for sql in statements) <= 1, statements
+    assert len(statements) <= most, "\n".join(statements)
+    assert {g.name for g in user.groups.all()} >= {"Rocket Team", "Everyone"}
+
+
+def test_login_puts_back_directory_memberships_and_names_and_keeps_local_groups(slapd_lab):
+    """What an admin changed in Django is undone by the next login (the user's directory
+    groups, the name of a direct one), except memberships of groups the directory does not
+    manage."""
+    with override_settings(**settings_for(slapd_lab)):
+        assert run_sync(SyncOptions(mode="full")).ok
+        alice = User.objects.get(username="alice")
+        alice.groups.remove(Group.objects.get(name="Everyone"))
+        alice.groups.add(Group.objects.get(name="Cycle A"), Group.objects.create(name="Local"))
+        # A direct group: its name comes from the directory at each login.
+        Group.objects.filter(name="Rocket Team").update(name="Rocket Team (renamed in Django)")
+        user = authenticate(username="alice", password=LAB_PASSWORD)
+        assert {g.name for g in user.groups.all()} == {
+            "Rocket Team", "Engineering", "R&D", "Staff", "Everyone", "Local"
+        }  # fmt: skip
+        assert run_sync(SyncOptions(mode="full")).ok
+        after_batch = {g.name for g in user.groups.all()}
+    assert after_batch == {"Rocket Team", "Engineering", "R&D", "Staff", "Everyone", "Local"}
 
 
 # -- search counts ---------------------------------------------------------------------------
