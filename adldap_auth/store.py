@@ -131,6 +131,8 @@ class Store:
         self._written_files: list[tuple[Any, str]] = []
         #: guid -> the group's nesting, for the current :meth:`sync_groups` call
         self._nesting: Mapping[str, Nesting] = {}
+        #: links of the current group batch whose nesting alone changed (see _write_nesting)
+        self._nesting_only: list[DirectoryGroup] = []
 
     # -- groups ------------------------------------------------------------------------------
 
@@ -163,6 +165,7 @@ class Store:
             # sync each (10,000 groups: seconds), a single transaction would hold SQLite's
             # write lock for the whole loop.
             with transaction.atomic():
+                self._nesting_only = []
                 for record in records[start : start + GROUP_BATCH_SIZE]:
                     if record.name in seen_names:
                         self.report.problem(
@@ -179,6 +182,7 @@ class Store:
                         group_id = self._sync_group_after_race(record)
                     if group_id is not None:
                         ids[record.guid] = group_id
+                self._write_nesting(self._nesting_only)
         return ids
 
     def _sync_group_after_race(self, record: GroupRecord) -> int | None:
@@ -252,7 +256,7 @@ class Store:
         if not (changed or link_changed):
             if self._nesting_changed(link, nesting) and not self.dry_run:
                 self._set_nesting(link, nesting)
-                link.save(update_fields=["member_keys", "member_digest", "parent_guids"])
+                self._nesting_only.append(link)  # written with the batch's others, at once
             return group.pk
         self.report.counts["groups_updated"] += 1
         self.report.change(f"update group {record.name!r}")
@@ -279,6 +283,25 @@ class Store:
         return nesting is not None and (
             link.member_digest != nesting.digest or link.parent_guids != nesting.parent_guids
         )
+
+    def _write_nesting(self, links: list[DirectoryGroup]) -> None:
+        """Store the nesting of groups where nothing else changed: one ``executemany``, not a
+        save per group (an incremental run after 1% of the memberships changed rewrites the
+        member lists of about 40% of the groups)."""
+        if not links:
+            return
+        connection = connections[router.db_for_write(DirectoryGroup)]
+        opts = DirectoryGroup._meta
+        fields = [opts.get_field(name) for name in ("member_keys", "member_digest", "parent_guids")]
+        quote = connection.ops.quote_name
+        assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+        sql = f"UPDATE {quote(opts.db_table)} SET {assignments} WHERE {quote(opts.pk.column)} = %s"
+        rows = [
+            [f.get_db_prep_save(getattr(link, f.attname), connection) for f in fields] + [link.pk]
+            for link in links
+        ]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
 
     @staticmethod
     def _set_nesting(link: DirectoryGroup, nesting: Nesting | None) -> None:
