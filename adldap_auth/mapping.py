@@ -470,6 +470,10 @@ class GroupRecord:
     problems: list[str] = field(default_factory=list)
 
 
+#: A UUID in its canonical text form (lower case, hyphenated), as OpenLDAP's entryUUID reads.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def decode_identity(attr: str, raw: bytes) -> str:
     """An identity attribute's value as the canonical ``*_guid`` string.
 
@@ -483,6 +487,8 @@ def decode_identity(attr: str, raw: bytes) -> str:
     text = raw.decode("utf-8").strip()
     if not text:
         raise ValueError("empty identity value")
+    if _CANONICAL_UUID.fullmatch(text):
+        return text  # already what str(uuid.UUID(text)) gives: skip two conversions
     try:
         return str(uuid.UUID(text))
     except ValueError:

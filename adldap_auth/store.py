@@ -797,9 +797,13 @@ class Store:
 
     def remove_groups(self, present_guids: set[str], action: str) -> None:
         """Groups gone from the directory: kept (unlinked memberships removed) or deleted."""
-        for link in DirectoryGroup.objects.select_related("group").filter(removed_at__isnull=True):
-            if link.guid in present_guids:
-                continue
+        active = DirectoryGroup.objects.filter(removed_at__isnull=True)
+        gone = [pk for pk, guid in active.values_list("pk", "guid") if guid not in present_guids]
+        if not gone:
+            return
+        for link in DirectoryGroup.objects.select_related("group").defer("member_keys").filter(
+            pk__in=gone
+        ):
             self.report.counts["groups_removed"] += 1
             self.report.change(f"{'delete' if action == 'DELETE' else 'retire'} group {link.group.name!r}")
             if self.dry_run:

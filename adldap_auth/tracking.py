@@ -14,6 +14,7 @@ Two ways to ask a server "what changed since last time":
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -106,6 +107,10 @@ def changed_filter(
     return and_filter(base_filter, f"({attribute}>={text})")
 
 
+#: A generalized time in whole seconds, UTC: same-layout values sort as their bytes.
+_SECONDS_UTC = re.compile(rb"[0-9]{14}Z")
+
+
 def since_timestamp(marker: Any, offset_minutes: int) -> datetime:
     return datetime.fromisoformat(marker.timestamp) - timedelta(minutes=int(offset_minutes))
 
@@ -120,7 +125,12 @@ def entry_changed(value: bytes | None, tracking: Tracking, marker: Any, offset_m
     try:
         if tracking.kind == USN:
             return int(value) > int(marker.highest_usn)
-        return parse_generalized_time(value) >= since_timestamp(marker, offset_minutes)
+        since = since_timestamp(marker, offset_minutes)
+        if _SECONDS_UTC.fullmatch(value) and since.utcoffset() == timedelta(0):
+            # "YYYYMMDDHHMMSSZ" (OpenLDAP): compared as bytes, no parsing of every entry's time
+            floor = since.strftime("%Y%m%d%H%M%S").encode() + b"Z"
+            return value > floor or (value == floor and since.microsecond == 0)
+        return parse_generalized_time(value) >= since
     except ValueError:
         return True
 
