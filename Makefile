@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-sqlite test-postgres lint deps venv bench docs clean
+.PHONY: demo test test-sqlite test-postgres test-mariadb test-user-models lint deps venv bench docs clean
 
 deps:
 	sh .ci/install-system-deps
@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg setup.py
 
 venv: deps $(VENV)/.installed
 
-test: venv lint docs test-sqlite test-postgres
+test: venv lint docs test-sqlite test-user-models test-postgres test-mariadb
 
 test-sqlite: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -27,9 +27,30 @@ test-sqlite: venv
 # pass runs when the server answers.
 test-postgres: venv
 	@if $(PY) -c "import psycopg; psycopg.connect('host=127.0.0.1 port=5432 dbname=test user=postgres', connect_timeout=3).close()" 2>/dev/null; then \
-		ADLDAP_TEST_DB=postgres $(PY) -m pytest $(PYTEST_ARGS); \
+		ADLDAP_TEST_DB=postgres $(PY) -m pytest $(PYTEST_ARGS) && \
+		ADLDAP_TEST_DB=postgres $(MAKE) --no-print-directory test-user-models; \
 	elif [ -n "$$CI" ]; then echo "PostgreSQL at 127.0.0.1:5432 is required in CI" >&2; exit 1; \
 	else echo "PostgreSQL at 127.0.0.1:5432 not reachable: the PostgreSQL pass is not run"; fi
+
+# MariaDB (or MySQL) at 127.0.0.1:3306 (database "test", user root, no password; the tests
+# create test_test), with the server's default case-insensitive collation. CI always has it;
+# elsewhere the pass runs when the server answers.
+test-mariadb: venv
+	@if $(PY) -c "import MySQLdb; MySQLdb.connect(host='127.0.0.1', port=3306, user='root', password='', database='test', connect_timeout=3).close()" 2>/dev/null; then \
+		ADLDAP_TEST_DB=mariadb $(PY) -m pytest $(PYTEST_ARGS) && \
+		ADLDAP_TEST_DB=mariadb $(MAKE) --no-print-directory test-user-models; \
+	elif [ -n "$$CI" ]; then echo "MariaDB at 127.0.0.1:3306 is required in CI" >&2; exit 1; \
+	else echo "MariaDB at 127.0.0.1:3306 not reachable: the MariaDB pass is not run"; fi
+
+# AUTH_USER_MODEL is fixed for a process: tests/test_custom_user_models.py runs once more for
+# each custom user model, on the database of ADLDAP_TEST_DB (SQLite when unset). auth.User's
+# tests of that module run in every pass above.
+USER_MODEL_SETTINGS = tests.settings_person tests.settings_email_user
+test-user-models: venv
+	@for ds in $(USER_MODEL_SETTINGS); do \
+		echo "AUTH_USER_MODEL of $$ds, database $${ADLDAP_TEST_DB:-sqlite}"; \
+		$(PY) -m pytest --ds $$ds tests/test_custom_user_models.py $(PYTEST_ARGS) || exit 1; \
+	done
 
 lint: venv
 	$(VENV)/bin/ruff check adldap_auth tests example_site benchmarks

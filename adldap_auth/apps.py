@@ -7,7 +7,9 @@ class ADLDAPAuthConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
+        # Imported for their registrations: system checks; the session keys kept for the
+        # cache session engine (adldap_auth.sessions).
+        from . import checks, sessions  # noqa: F401
 
         if apps.is_installed("django.contrib.admin"):
             # For a user admin registered after this app's admin module was autodiscovered.

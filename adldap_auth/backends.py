@@ -50,10 +50,17 @@ Refused, without touching Django: names in ``LDAP_SYNC_USER_EXEMPT_FROM_SYNC`` (
 at all, so a local ``admin`` is never overwritten nor its password sent to the directory);
 disabled accounts (``userAccountControl`` bit 0x2); entries the mapper cannot sync. A user the
 batch removed (deactivated) whose account is enabled again is restored by the login. Wrong
-password, unknown user, server down: ``None``, logged without the password.
+password, unknown user, server down, any directory or TLS error: ``None``, logged without the
+password, so the next backend still runs. Every connection django-auth-ldap opens is checked
+first (:class:`_GuardedLDAP`): a clear-text URI under ``LDAP_SYNC_REQUIRE_TLS`` and an
+unusable CA file are refused before anything is sent.
+
+Inactive users (``is_active=False``) are refused by :meth:`ADLDAPBackend.authenticate` and
+:meth:`ADLDAPBackend.get_user`, as by Django's ``ModelBackend``, so the session of a user the
+sync deactivated is anonymous at its next request (see also :mod:`adldap_auth.sessions`).
 
 **Without any ``LDAP_SYNC_*`` setting** the class is django-auth-ldap's ``LDAPBackend``
-configured by ``AUTH_LDAP_*``, unchanged: nothing here runs.
+configured by ``AUTH_LDAP_*``, unchanged but for the refusal of inactive users.
 """
 
 from __future__ import annotations
@@ -72,7 +79,12 @@ from django_auth_ldap.config import LDAPGroupType, LDAPSearch
 
 from .conf import sync_settings
 from .directory import DirectoryError, Entry
-from .directory.connection import DirectorySession
+from .directory.connection import (
+    DirectorySession,
+    clear_text_refusal,
+    connection_config,
+    tls_settings_refused,
+)
 from .directory.readers import and_filter
 from .login import (
     DirectoryAttrs,
@@ -99,7 +111,6 @@ from .mapping import (
     build_mapping_config,
     map_user,
 )
-from .sync import connection_config
 
 logger = logging.getLogger("adldap_auth.login")
 
@@ -107,6 +118,7 @@ __all__ = [
     "ADLDAPBackend",
     "DirectoryGroupType",
     "DirectoryLookupError",
+    "LoginConnectionRefused",
     "DirectoryUserSearch",
     "derived_settings",
 ]
@@ -123,6 +135,56 @@ class DirectoryLookupError(ldap.LDAPError):
 
 def _lookup_error(error: DirectoryError) -> DirectoryLookupError:
     return DirectoryLookupError({"desc": "directory read failed", "info": str(error)})
+
+
+class LoginConnectionRefused(ldap.LDAPError):
+    """The login path refused to open a connection: a clear-text URI under
+    ``LDAP_SYNC_REQUIRE_TLS``, or TLS settings libldap cannot use (an unusable CA file).
+
+    An ``ldap.LDAPError``, so every django-auth-ldap entry point (login, ``populate_user``,
+    group permissions) fails closed and returns None instead of raising.
+    """
+
+
+class _GuardedLDAP:
+    """The ``ldap`` module as django-auth-ldap sees it, with :meth:`initialize` checked.
+
+    django-auth-ldap opens every connection with ``backend.ldap.initialize(uri)``, then sets
+    ``CONNECTION_OPTIONS`` and starts TLS. Checked here, where the URI actually used is known
+    (a site's own ``AUTH_LDAP_SERVER_URI`` or ``START_TLS`` included): no clear-text URI under
+    ``LDAP_SYNC_REQUIRE_TLS``, and TLS options libldap accepts (python-ldap says only
+    ``ValueError: option error`` for a truncated CA file, which django-auth-ldap re-raises).
+    """
+
+    def __init__(self, module: Any, backend: LDAPBackend) -> None:
+        self._module = module
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def initialize(self, uri: str, *args: Any, **kwargs: Any) -> Any:
+        settings = self._backend.settings
+        if sync_settings.REQUIRE_TLS is True:
+            refusal = clear_text_refusal(uri, bool(settings.START_TLS))
+            if refusal:
+                raise _refused(refusal)
+        connection = self._module.initialize(uri, *args, **kwargs)
+        options = dict(settings.CONNECTION_OPTIONS)
+        if ldap.OPT_X_TLS_NEWCTX in options:
+            # Applied once here to turn libldap's refusal into a clear error; django-auth-ldap
+            # applies them again (a second new TLS context, harmless).
+            try:
+                for option, value in options.items():
+                    connection.set_option(option, value)
+            except ValueError:
+                raise _refused(tls_settings_refused(options.get(ldap.OPT_X_TLS_CACERTFILE))) from None
+        return connection
+
+
+def _refused(reason: str) -> LoginConnectionRefused:
+    logger.warning("directory login impossible: %s", reason)
+    return LoginConnectionRefused({"desc": "connection refused by adldap-auth", "info": reason})
 
 
 class DirectoryUserSearch(LDAPSearch):
@@ -171,10 +233,21 @@ class DirectoryUserSearch(LDAPSearch):
 
     def execute(self, connection: Any, filterargs: Any = (), escape: bool = True) -> list:
         # Values are always escaped, whatever ``escape`` says: they are what a user typed.
-        filterstr = self.filter_for(self._login(filterargs))
+        login = self._login(filterargs)
+        filterstr = self.filter_for(login)
         logger.debug("user search: base %r, filter %r", self.base_dn, filterstr)
-        results = connection.search_s(self.base_dn, self.scope, filterstr, self.attrlist)
-        return self._process(results)
+        results = self._process(
+            connection.search_s(self.base_dn, self.scope, filterstr, self.attrlist)
+        )
+        if len(results) > 1:
+            # django-auth-ldap logs nobody in (and says so only at DEBUG): say why.
+            logger.warning(
+                "directory login of %r refused: the name matches %d directory entries (%s)",
+                login,
+                len(results),
+                "; ".join(dn for dn, _attrs in results[:5]),
+            )
+        return results
 
     def _begin(self, connection: Any, filterargs: Any = (), escape: bool = True) -> int | None:
         filterstr = self.filter_for(self._login(filterargs))
@@ -342,11 +415,34 @@ class ADLDAPBackend(LDAPBackend):
         """True when the site configured the directory with ``LDAP_SYNC_*`` settings."""
         return sync_settings.configured()
 
+    @property
+    def ldap(self):  # type: ignore[override]
+        """django-auth-ldap's ``ldap`` module; with ``LDAP_SYNC_*`` settings, every connection
+        it opens is checked first (:class:`_GuardedLDAP`)."""
+        module = super().ldap
+        if not self.uses_sync_settings():
+            return module
+        return _GuardedLDAP(module, self)
+
     # -- Django's backend API ------------------------------------------------------------------
 
+    def user_can_authenticate(self, user) -> bool:
+        """Reject users with ``is_active=False`` (custom user models without that attribute
+        are allowed), as Django's ``ModelBackend`` does: a user the sync deactivated neither
+        logs in nor keeps a session (:meth:`get_user`)."""
+        return getattr(user, "is_active", True) is not False
+
+    def get_user(self, user_id):
+        """The session's user, or None when it is inactive (the session becomes anonymous)."""
+        user = super().get_user(user_id)
+        return user if user is not None and self.user_can_authenticate(user) else None
+
     def authenticate(self, request, username=None, password=None, **kwargs):
+        """The Django user of a directory login, or None: wrong credentials, an inactive
+        user, or any directory or TLS error (logged), so the next backend still runs."""
         if not self.uses_sync_settings():
-            return super().authenticate(request, username=username, password=password, **kwargs)
+            user = super().authenticate(request, username=username, password=password, **kwargs)
+            return self._active(user, username)
         username = kwargs.pop(self.get_user_model().USERNAME_FIELD, username)
         if username is None:
             return None
@@ -354,10 +450,20 @@ class ADLDAPBackend(LDAPBackend):
         if login is None:
             return None
         try:
-            return super().authenticate(request, username=login, password=password, **kwargs)
+            user = super().authenticate(request, username=login, password=password, **kwargs)
         except ImproperlyConfigured as error:
             logger.error("directory login of %r impossible: %s", login, error)
             return None
+        except (ldap.LDAPError, DirectoryError) as error:
+            logger.warning("directory login of %r failed: %s", login, error)
+            return None
+        return self._active(user, login)
+
+    def _active(self, user, login: Any) -> Any:
+        if user is None or self.user_can_authenticate(user):
+            return user
+        logger.info("directory login of %r refused: the Django user is inactive", login)
+        return None
 
     def populate_user(self, username):
         """Create or update a Django user from the directory without a password (the
@@ -371,6 +477,7 @@ class ADLDAPBackend(LDAPBackend):
     def _login_name(self, username: str) -> str | None:
         login = normalize_login_name(username)
         if not login:
+            logger.debug("directory login of %r refused: empty, or a control character", username)
             return None
         if is_exempt(login, sync_settings.USER_EXEMPT_FROM_SYNC):
             logger.info(
@@ -404,7 +511,9 @@ class ADLDAPBackend(LDAPBackend):
             return link.user, False
         groups = self.directory_groups(ldap_user)
         server = link.server if link is not None else self._server(ldap_user)
-        user = write_user(record, groups, state.config, server=server, link=link)
+        # The session: asked whether the old entry of a re-created account is gone.
+        session = self._session(ldap_user)
+        user = write_user(record, groups, state.config, server=server, link=link, session=session)
         if user is None:
             raise ldap_user.AuthenticationFailed(
                 f"the directory entry of {record.username!r} could not be written"

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.core import checks
 
 from .callbacks import resolve_callback
-from .conf import ALIASES, DEFAULTS, INHERITS, PREFIX, sync_settings
+from .conf import ALIASES, DEFAULTS, INHERITS, PREFIX, removal_threshold, sync_settings
 
 TAG = "adldap_auth"
 
@@ -136,14 +136,16 @@ E013 = Check(
 )
 E014 = Check(
     "adldap_auth.E014", E, "LDAP_SYNC_USER_ATTRIBUTES maps nothing to the username field.",
-    "{setting} maps no LDAP attribute to the username field {field!r}.",
-    'Add e.g. "sAMAccountName": "{field}" (Active Directory) or "uid": "{field}" (OpenLDAP). '
-    "The username field is LDAP_SYNC_USERNAME_FIELD, or else the user model's USERNAME_FIELD.",
+    "{setting} maps no LDAP attribute to the username field {field!r}{origin}.",
+    'Add e.g. "sAMAccountName": "{field}" (Active Directory), "uid": "{field}" (OpenLDAP) or '
+    '"mail": "{field}" (a model that logs in by e-mail address). The username field is '
+    "LDAP_SYNC_USERNAME_FIELD, or else the user model's USERNAME_FIELD.",
 )
 E015 = Check(
-    "adldap_auth.E015", E, "LDAP_SYNC_USER_ATTRIBUTES names a field the user model lacks.",
-    "{setting} maps {attribute!r} to {field!r}, which is not a field of {model}.",
-    "Map only to concrete fields of the user model; for other models, read the attribute with "
+    "adldap_auth.E015", E,
+    "LDAP_SYNC_USER_ATTRIBUTES maps to a field the user model lacks, or that is not text.",
+    "{setting} maps {attribute!r} to {field!r}, which is {problem} of {model}{origin}.",
+    "The fields of {model} an attribute may map to: {fields}. Read other attributes with "
     "LDAP_SYNC_USER_EXTRA_ATTRIBUTES and fill a model of LDAP_SYNC_USER_EXTRA_PROFILES.",
 )
 E016 = Check(
@@ -180,9 +182,9 @@ E021 = Check(
 E022 = Check(
     "adldap_auth.E022", E, "LDAP_SYNC_REMOVAL_THRESHOLD is not a count, a percentage or None.",
     '{setting} must be an integer >= 0, a percentage string such as "10%" (above 0%, at most '
-    "100%), or None; not {value}.",
-    "A run that would remove more users than this is refused unless forced; None means no "
-    "limit.",
+    '100%), a dict such as {{"percent": 10, "minimum": 10}}, or None; not {value}: {detail}.',
+    "A run that would remove more users, groups or memberships than this is refused unless "
+    "forced; None means no limit.",
 )
 E023 = Check(
     "adldap_auth.E023", E, "LDAP_SYNC_REMOVAL_GRACE is not None, seconds >= 0 or a timedelta.",
@@ -528,12 +530,11 @@ _ADVICE = {
     "USERNAME_FIELD": "None uses the user model's USERNAME_FIELD.",
     "USER_SEARCH": "None uses LDAP_SYNC_BIND_SEARCH.",
     "GROUP_SEARCH": "None uses LDAP_SYNC_BIND_SEARCH.",
-    "LOGIN_GROUP_RESOLUTION": '"auto" resolves a logging-in user\'s groups with tokenGroups '
-    'on Active Directory and elsewhere with one search of the direct groups and the nesting '
-    'stored by the last batch run; "in_chain" uses one LDAP_MATCHING_RULE_IN_CHAIN search on '
-    'AD; "graph" always uses the directory\'s group graph.',
-    "LOGIN_GROUP_CACHE_TIMEOUT": "Seconds the login backend keeps the group graph in the "
-    "process; 0 reads it at every login.",
+    "LOGIN_GROUP_RESOLUTION": '"auto" walks up from the user\'s direct groups through the '
+    'nesting stored by the last batch run; "graph" through the group graph read live.',
+    "LOGIN_GROUP_CACHE_TIMEOUT": "Seconds Django's cache keeps a live group graph and the "
+    "stored nesting's version; 0 reads the graph at every login.",
+    "MEMBERSHIP_SEARCH": "None uses LDAP_SYNC_BIND_SEARCH.",
 }
 
 _DEFAULT_ADVICE = "See the settings table in the adldap-auth documentation."
@@ -612,6 +613,8 @@ _LIST_EXAMPLES = {
     "USER_EXTRA_ATTRIBUTES": '["userAccountControl", "department", "title"]',
     "USER_EXTRA_PROFILES": '["myapp.Employee"]',
     "USER_EXEMPT_FROM_SYNC": '["admin", "administrator", "guest"]',
+    "ADOPT_USERS": '["root", "jsmith"]',
+    "ADOPT_GROUPS": '["Staff", "app-*"]',
     "USER_CALLBACKS": '["myapp.sync.on_user"]',
     "REMOVED_USER_CALLBACKS": '["adldap_auth.callbacks.removed_user_deactivate"]',
 }
@@ -686,19 +689,31 @@ def _user_attributes(name: str, value: Any) -> list[Message]:
         return [E009(_full(name), detail=problem, example=_DICT_EXAMPLES[name])]
     from django.contrib.auth import get_user_model
 
+    from .mapping import default_user_attributes_note, user_text_fields
+
     user_model = get_user_model()
+    origin = default_user_attributes_note(sync_settings, user_model)
     found = []
     username = _username_field()
     if username not in value.values():
-        found.append(E014(_full(name), field=username))
+        found.append(E014(_full(name), field=username, origin=origin))
+    fits = user_text_fields(user_model)
     for attribute, field in value.items():
-        if _concrete_field(user_model, field) is None:
-            found.append(
-                E015(
-                    _full(name), attribute=attribute, field=field,
-                    model=user_model._meta.label,
-                )
+        if field in fits:
+            continue
+        model_field = _concrete_field(user_model, field)
+        if model_field is None:
+            problem = "not a field"
+        elif field == "password":
+            problem = "the password hash (never synced)"
+        else:
+            problem = f"a {type(model_field).__name__} (not text)"
+        found.append(
+            E015(
+                _full(name), attribute=attribute, field=field, problem=problem,
+                model=user_model._meta.label, origin=origin, fields=", ".join(fits),
             )
+        )  # fmt: skip
     return found
 
 
@@ -836,6 +851,10 @@ def _filter(name: str, value: Any) -> list[Message]:
     return [E011(_full(name), problem=problem, value=_show(value))] if problem else []
 
 
+def _optional_filter(name: str, value: Any) -> list[Message]:
+    return [] if value is None else _filter(name, value)
+
+
 def _incremental_filter(switch: str, example: str) -> Callable[[str, Any], list[Message]]:
     def validate(name: str, value: Any) -> list[Message]:
         if getattr(sync_settings, switch) is False and value in (None, ""):
@@ -919,17 +938,12 @@ def _attrs_ok(attrs: Any) -> bool:
     return True
 
 
-_PERCENT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*\Z")
-
-
 def _removal_threshold(name: str, value: Any) -> list[Message]:
-    if value is None or (_is_int(value) and value >= 0):
-        return []
-    if isinstance(value, str):
-        match = _PERCENT_RE.match(value)
-        if match and 0 < float(match.group(1)) <= 100:
-            return []
-    return [E022(_full(name), value=_typed(value))]
+    try:
+        removal_threshold(value)  # the setting's meaning lives in conf
+    except ValueError as error:
+        return [E022(_full(name), value=_typed(value), detail=error)]
+    return []
 
 
 def _removal_grace(name: str, value: Any) -> list[Message]:
@@ -1020,9 +1034,14 @@ VALIDATORS: dict[str, Callable[[str, Any], list[Message]]] = {
     "IDENTITY_ATTRIBUTE": _string(),
     "PHOTO_MAX_BYTES": _integer(1),
     "PHOTO_MAX_PIXELS": _integer(1),
+    "USERNAME_STRICT": _bool,
+    "ADOPT_USERS": _str_list,
+    "ADOPT_GROUPS": _str_list,
     "GROUP": _bool,
     "GROUP_INCREMENTAL": _bool,
     "GROUP_SEARCH": _search_base(optional=True),
+    "MEMBERSHIP_SEARCH": _search_base(optional=True),
+    "MEMBERSHIP_FILTER": _optional_filter,
     "GROUP_FILTER": _filter,
     "GROUP_FILTER_INCREMENTAL": _incremental_filter(
         "GROUP_INCREMENTAL", DEFAULTS["GROUP_FILTER_INCREMENTAL"]
@@ -1158,8 +1177,7 @@ def check_bind_privileges(app_configs: Any = None, **kwargs: Any) -> list[Messag
         if any(m.level >= checks.ERROR for m in VALIDATORS[name](name, _value(name))):
             return []
     from .directory import DirectoryError
-    from .directory.connection import DirectorySession
-    from .sync import connection_config
+    from .directory.connection import DirectorySession, connection_config
 
     try:
         with DirectorySession.open(connection_config()) as session:

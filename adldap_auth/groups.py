@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .mapping import GroupRecord, normalize_dn
 
@@ -196,6 +196,27 @@ class GroupGraph:
             self._cache[key] = result
         return result
 
+    def groups_above(
+        self, direct_guids: Iterable[str], primary_group_sid: str | None = None
+    ) -> frozenset[str]:
+        """Guids of these groups (the unknown ones left out), of the primary group, and of
+        every group above them: :meth:`groups_for` for a member whose direct groups are known
+        by another way (a login reads them live)."""
+        index = self._guid_index
+        components = {self._component[index[g]] for g in direct_guids if g in index}
+        primary = self._primary_index(primary_group_sid)
+        if primary is not None:
+            components.add(self._component[primary])
+        return frozenset().union(*(self._ancestors[c] for c in components))
+
+    def manageable(self, guids: Iterable[str], create_outside_scope: bool) -> list[str]:
+        """The groups of ``guids`` that Django manages: those of the group scope, and with
+        ``LDAP_SYNC_GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS`` every group of the graph."""
+        records = self._records
+        return [
+            g for g in guids if g in records and (create_outside_scope or records[g].in_scope)
+        ]
+
     def members_affected_by(self, group_guids: Iterable[str]) -> set[str]:
         """User keys whose :meth:`groups_for` may include any of these groups.
 
@@ -239,6 +260,15 @@ class GroupGraph:
             keys = sorted(record.member_keys)
             result[guid] = Nesting(keys, member_digest(keys), self.parent_guids(guid))
         return result
+
+    def without_users(self) -> GroupGraph:
+        """The same graph with group member keys only: what a login walks up, at a fraction
+        of the memory (and of the size in a cache)."""
+        dn_index = self._dn_index
+        return GroupGraph(
+            replace(record, member_keys=[k for k in record.member_keys if k in dn_index])
+            for record in self._records.values()
+        )
 
     def group_for_key(self, member_key: str) -> str | None:
         """The guid of the group whose normalized DN is ``member_key``, or None (a user key)."""

@@ -1,7 +1,8 @@
 """One batch run at a time, across processes and hosts, on the database the site already has.
 
-:func:`run_lock` (or :class:`RunLock`) takes the lock or raises :class:`LockHeld` at once; it
-never waits. Two mechanisms, chosen by the database backend:
+:func:`run_lock` (or :class:`RunLock`) takes the lock or raises :class:`LockHeld` at once (it
+waits only for a PostgreSQL holder that lost its lock, below). Two mechanisms, chosen by the
+database backend:
 
 **PostgreSQL**: a session-level advisory lock (``pg_try_advisory_lock``) held on a dedicated
 connection opened for the run (the sync's own commits on the default connection cannot release
@@ -12,12 +13,20 @@ leaves a lock behind. The ``SyncLock`` row only says who holds it (for the messa
 connection), the next run ends the holder's database session with ``pg_terminate_backend``
 (allowed for the same database role) and takes the lock.
 
+The holder checks its lock before each batch's writes (:meth:`RunLock.heartbeat`, one small
+query on the lock's connection): when that connection was ended (``pg_terminate_backend``, a
+proxy or network cut) while the process runs on, the run stops there with :class:`LockLost`,
+records itself failed and clears the row. A run that gets the advisory lock while the row
+still names such a holder (its process, and the connection it writes with, still alive) waits
+up to :data:`LOST_HOLDER_WAIT` seconds for it to stop, then raises :class:`LockHeld`: two runs
+never write at once.
+
 **Every other backend** (SQLite, MySQL, Oracle...): the ``SyncLock`` row, taken with one
 conditional ``UPDATE ... WHERE owner = '' OR heartbeat_at < now - LOCK_STALE_AFTER`` (or
 ``owner = <a dead owner>``), which is atomic on every database: of two runs that race, exactly
 one updates the row. The holder refreshes ``heartbeat_at`` while it runs (:meth:`RunLock.heartbeat`,
-called by the sync after each batch) and clears the owner when it ends. A lock left by a process
-that died is taken over:
+called by the sync before each batch, which also checks that the row still names it) and
+clears the owner when it ends. A lock left by a process that died is taken over:
 
 - at once when the holder ran on the same machine and its pid no longer exists (``os.kill(pid,
   0)``); "same machine" means the same host name, boot id and pid namespace, so two containers
@@ -55,8 +64,12 @@ logger = logging.getLogger("adldap_auth.lock")
 
 DEFAULT_NAME = "syncldap"
 
-#: The heartbeat is written at most this often (seconds), however often the sync calls it.
+#: The heartbeat is written at most this often (seconds), however often the sync calls it
+#: (every call still checks that the lock is held).
 HEARTBEAT_INTERVAL = 30.0
+#: PostgreSQL: how long (seconds) a new run that got the advisory lock waits for a previous
+#: holder whose lock connection was ended to stop (it notices before its next batch).
+LOST_HOLDER_WAIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -124,9 +137,13 @@ class LockHeld(Exception):
     def __init__(self, owner: LockOwner | None, since: datetime | None):
         self.owner = owner
         self.since = since
+        if since is not None and timezone.is_aware(since):
+            since_local = timezone.localtime(since)
+        else:
+            since_local = since  # USE_TZ = False: a naive datetime in TIME_ZONE already
         when = (
-            f"since {timezone.localtime(since):%Y-%m-%d %H:%M:%S %Z}".rstrip()
-            if since
+            f"since {since_local:%Y-%m-%d %H:%M:%S %Z}".rstrip()
+            if since_local
             else "(start time unknown)"
         )
         who = owner.describe() if owner else "holder unknown"
@@ -134,7 +151,8 @@ class LockHeld(Exception):
 
 
 class LockLost(Exception):
-    """The lock was taken over while this run held it (its heartbeat went stale)."""
+    """This run no longer holds the lock: taken over after a silence beyond
+    LDAP_SYNC_LOCK_STALE_AFTER, or (PostgreSQL) the lock's database session was ended."""
 
 
 def _hostname() -> str:
@@ -185,6 +203,7 @@ class RunLock:
         self.held = False
         self._session = None  # PostgreSQL: the dedicated connection holding the advisory lock
         self._last_beat = 0.0
+        self._was_lost = False
 
     # -- public API ------------------------------------------------------------------------
 
@@ -201,39 +220,53 @@ class RunLock:
         logger.info("sync lock %r taken by %s", self.name, self.owner.describe())
 
     def heartbeat(self, force: bool = False) -> None:
-        """Tell other hosts this run is alive. Cheap to call often (throttled).
+        """Check that this run still holds the lock, and tell other hosts it is alive.
 
-        Raises :class:`LockLost` when another run has taken the lock over meanwhile.
+        The sync calls it before each batch's writes: every call checks the lock (one small
+        query), so a lost lock stops the run before its next write; ``heartbeat_at`` is
+        written at most every :data:`HEARTBEAT_INTERVAL` seconds (always with ``force``).
+        Raises :class:`LockLost` when the lock is no longer this run's.
         """
         if not self.held:
             return
         now = time.monotonic()
-        if not force and now - self._last_beat < self._beat_interval():
-            return
-        self._last_beat = now
+        beat = force or now - self._last_beat >= self._beat_interval()
+        if beat:
+            self._last_beat = now
         if self._session is not None:
             # Never through a new connection: the lock lives and dies with the first one.
             if self._session.connection is None or self._session.connection.closed:
-                self.held = False
-                raise LockLost("the sync lock's database connection was closed; this run stops")
-            try:
-                updated = self._pg_execute(
-                    "UPDATE {table} SET heartbeat_at = %s WHERE name = %s AND owner = %s",
-                    [timezone.now(), self.name, str(self.owner)],
-                )
-            except Exception as error:  # the lock connection is gone, so is the lock
-                self.held = False
+                self._lost()
                 raise LockLost(
-                    f"the sync lock's database connection was lost ({error}); this run stops"
+                    "lock lost: the sync lock's database connection was closed; this run stops"
+                )
+            try:
+                if beat:
+                    updated = self._pg_execute(
+                        "UPDATE {table} SET heartbeat_at = %s WHERE name = %s AND owner = %s",
+                        [timezone.now(), self.name, str(self.owner)],
+                    )
+                else:  # the session holds the advisory lock for as long as it lives
+                    updated = self._pg_execute("SELECT 1", [])
+            except Exception as error:  # the lock connection is gone, so is the lock
+                self._lost()
+                raise LockLost(
+                    f"lock lost: the sync lock's database connection was ended ({error}); "
+                    "this run stops"
                 ) from error
         else:
-            updated = self._rows().filter(owner=str(self.owner)).update(heartbeat_at=timezone.now())
+            mine = self._rows().filter(owner=str(self.owner))
+            updated = mine.update(heartbeat_at=timezone.now()) if beat else mine.exists()
         if not updated:
-            self.held = False
+            self._lost()
             raise LockLost(
-                f"the sync lock {self.name!r} was taken over by another run (this run's "
-                "heartbeat was older than LDAP_SYNC_LOCK_STALE_AFTER); this run stops"
+                f"lock lost: the sync lock {self.name!r} was taken over by another run (this "
+                "run's heartbeat was older than LDAP_SYNC_LOCK_STALE_AFTER); this run stops"
             )
+
+    def _lost(self) -> None:
+        self.held = False
+        self._was_lost = True
 
     @staticmethod
     def _beat_interval() -> float:
@@ -244,29 +277,51 @@ class RunLock:
         return min(HEARTBEAT_INTERVAL, limit.total_seconds() / 4)
 
     def release(self) -> None:
-        """Give the lock back. Safe to call twice, and after a :class:`LockLost`."""
+        """Give the lock back. Safe to call twice, and after a :class:`LockLost`: then the
+        row still naming this run is cleared, which tells a run waiting for the lock
+        (:data:`LOST_HOLDER_WAIT`) that this one has stopped."""
         session, self._session = self._session, None
         was_held, self.held = self.held, False
+        was_lost, self._was_lost = self._was_lost, False
         try:
             if session is not None:
                 try:
-                    if not was_held:  # lost: the session is gone or no longer the holder
-                        return
-                    with session.cursor() as cursor:
-                        cursor.execute(
-                            f"UPDATE {SyncLock._meta.db_table} SET owner = '' "
-                            "WHERE name = %s AND owner = %s",
-                            [self.name, str(self.owner)],
-                        )
-                        cursor.execute("SELECT pg_advisory_unlock(%s)", [advisory_key(self.name)])
+                    if was_held:  # (lost: the session is gone or no longer the holder)
+                        with session.cursor() as cursor:
+                            cursor.execute(
+                                f"UPDATE {SyncLock._meta.db_table} SET owner = '' "
+                                "WHERE name = %s AND owner = %s",
+                                [self.name, str(self.owner)],
+                            )
+                            cursor.execute(
+                                "SELECT pg_advisory_unlock(%s)", [advisory_key(self.name)]
+                            )
                 finally:
                     session.close()  # ends the session: the server drops the lock in any case
             elif was_held:
                 self._rows().filter(owner=str(self.owner)).update(owner="")
+            if was_lost:
+                self._clear_lost_row(session is not None)
         except Exception:
             logger.exception("sync lock %r: release failed (it expires by itself)", self.name)
         if was_held:
             logger.info("sync lock %r released", self.name)
+
+    def _clear_lost_row(self, postgresql: bool) -> None:
+        """After a LockLost: clear the row if it still names this run. On PostgreSQL through
+        a new session of its own, committed at once whatever the caller's transaction."""
+        if not postgresql:
+            self._rows().filter(owner=str(self.owner)).update(owner="")
+            return
+        self._session = self._open_session()
+        try:
+            self._pg_execute(
+                "UPDATE {table} SET owner = '' WHERE name = %s AND owner = %s",
+                [self.name, str(self.owner)],
+            )
+        finally:
+            session, self._session = self._session, None
+            session.close()
 
     def status(self) -> tuple[LockOwner | None, datetime | None, datetime | None]:
         """(owner, acquired_at, heartbeat_at) of the current holder, or (None, None, None)."""
@@ -384,10 +439,14 @@ class RunLock:
                 [self.name],
             )
             # The owner text names this session's backend, so that others can tell the row
-            # of the current holder from one left by a holder that died.
+            # of the current holder from one left by a holder that died, and the backend
+            # the run writes with, so that they can tell whether this process still runs.
             backend_pid = self._session.connection.info.backend_pid
-            self.owner = replace(self.owner, token=f"pg{backend_pid}")
+            writer_pid = self._writer_pid()
+            token = f"pg{backend_pid}" + (f"w{writer_pid}" if writer_pid else "")
+            self.owner = replace(self.owner, token=token)
             self._take_advisory()
+            self._wait_for_lost_holder()
             now = timezone.now()
             self._pg_execute(
                 "UPDATE {table} SET owner = %s, acquired_at = %s, heartbeat_at = %s WHERE name = %s",
@@ -445,11 +504,64 @@ class RunLock:
         deadline = time.monotonic() + wait
         while True:
             holder, since, beat = self._row_on_session()
-            if holder is not None and holder.token == f"pg{backend_pid}":
+            if holder is not None and _token_pids(holder.token)[0] == backend_pid:
                 return holder, since, beat
             if time.monotonic() > deadline:
                 return None, None, None
             time.sleep(0.05)
+
+    def _writer_pid(self) -> int | None:
+        """The backend pid of the connection the run writes with (``using``), if known."""
+        try:
+            writer = connections[self.using]
+            writer.ensure_connection()
+            return int(writer.connection.info.backend_pid)
+        except Exception:  # noqa: BLE001 - only a hint for other runs
+            return None
+
+    def _wait_for_lost_holder(self) -> None:
+        """With the advisory lock taken: if the row still names a previous holder, that
+        holder's lock session ended without a release (killed, or ended by
+        ``pg_terminate_backend`` or a network cut while the process runs on). A process that
+        runs on notices before its next batch's writes, records its run failed and clears
+        the row; wait for that (at most :data:`LOST_HOLDER_WAIT` seconds, else
+        :class:`LockHeld`), so that two runs never write at once. No wait when the holder
+        is surely gone: a dead pid of this machine, its writing session ended, a heartbeat
+        older than LDAP_SYNC_LOCK_STALE_AFTER, or older than the longest such a wait can be.
+        """
+        deadline = time.monotonic() + LOST_HOLDER_WAIT
+        waited = False
+        while True:
+            holder, since, beat = self._row_on_session()
+            if holder is None or not self._may_still_run(holder, beat):
+                if waited:
+                    logger.info("sync lock %r: the previous holder has stopped", self.name)
+                return
+            if time.monotonic() > deadline:
+                raise LockHeld(holder, since)
+            if not waited:
+                waited = True
+                logger.warning(
+                    "sync lock %r: its previous holder %s lost the lock's connection and may "
+                    "still be running; waiting for it to stop",
+                    self.name,
+                    holder.describe(),
+                )
+            time.sleep(0.1)
+
+    def _may_still_run(self, holder: LockOwner, beat: datetime | None) -> bool:
+        """Whether the run named by the row (not holding the advisory lock) may still write."""
+        now = timezone.now()
+        if holder.is_dead() or self._is_stale(beat, now):
+            return False
+        if beat is None or beat < now - timedelta(seconds=HEARTBEAT_INTERVAL + LOST_HOLDER_WAIT):
+            return False  # it would have stopped by now (it checks the lock at every batch)
+        _lock_pid, writer_pid = _token_pids(holder.token)
+        if writer_pid is None:
+            return False
+        with self._session.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [writer_pid])
+            return cursor.fetchone() is not None
 
     def _row_on_session(self) -> tuple[LockOwner | None, datetime | None, datetime | None]:
         with self._session.cursor() as cursor:
@@ -487,6 +599,14 @@ class RunLock:
                 holder.describe(),
             )
         return ended
+
+
+def _token_pids(token: str) -> tuple[int | None, int | None]:
+    """(lock session pid, writing session pid) from a PostgreSQL owner token ``pg<n>w<m>``."""
+    lock_pid, _, writer_pid = token.removeprefix("pg").partition("w")
+    if not token.startswith("pg") or not lock_pid.isdigit():
+        return None, None
+    return int(lock_pid), int(writer_pid) if writer_pid.isdigit() else None
 
 
 @contextmanager

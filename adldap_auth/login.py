@@ -8,55 +8,31 @@ and bound the user. Nothing here is a second copy of the batch sync: entries are
 and a batch run leave the same Django state for the same entry.
 
 Login names (:func:`normalize_login_name`, :func:`user_search_filter`)
-    Surrounding spaces are dropped and a down-level ``DOMAIN\\user`` becomes ``user`` (the
+    Surrounding plain spaces are dropped and a down-level ``DOMAIN\\user`` becomes ``user`` (the
     domain part is not checked: the password is). ``user@domain`` is kept whole and matched
     as the username attribute's value, as its local part ``user``, and, when the username
     attribute is ``sAMAccountName``, as a ``userPrincipalName``; a name that matches more than
-    one entry logs nobody in. Every value is escaped (RFC 4515), so ``*``, ``(``, ``)`` and
-    ``\\`` never widen the search; a name with a control character (NUL...) is refused
-    before any search.
+    one entry logs nobody in (a WARNING names the login and the count). Every value is
+    escaped (RFC 4515), so ``*``, ``(``, ``)`` and ``\\`` never widen the search; a name with
+    a control, format or separator character anywhere (NUL, tab, newline, zero-width
+    space...) is refused before any stripping and any search.
 
-Groups (:func:`user_groups`), ``LDAP_SYNC_LOGIN_GROUP_RESOLUTION``
-    The answer is always the batch's: the groups of the scope (``LDAP_SYNC_GROUP_SEARCH`` and
-    ``_FILTER``) that the user is in through groups of the scope, plus the AD primary group
-    and the groups above it. How it is found:
-
-    ``"auto"`` on *Active Directory* (an entry with ``objectGUID`` and ``objectSid`` and no
-    ``entryUUID``): a base read of the user's ``tokenGroups`` (the SIDs of every security group
-    above the user and its primary group, computed by the DC), then one search of the scope,
-    ``(&<GROUP_FILTER>(|(objectSid=<each SID>)(distinguishedName=<each direct group>)))``,
-    for those groups and the user's direct groups (``memberOf``, so direct distribution groups
-    count). The ``memberOf`` values of the user and of the groups found are the edges; the
-    :class:`~adldap_auth.groups.GroupGraph` of that small graph gives the batch's set, even
-    when a group outside the scope sits between two groups of it. If a group found has a
-    parent under the group base that was not found (a distribution group, which
-    ``tokenGroups`` leaves out, or a group the filter excludes), or ``tokenGroups`` is not
-    readable by the bind account (hardened domains: see the AD permissions page), the
-    ``"in_chain"`` search below answers instead. Cost after the bind: 3 searches (user,
-    ``tokenGroups``, groups), whatever the nesting depth; 4 when the fallback runs.
-
-    ``"in_chain"`` on AD: one search, ``(&<GROUP_FILTER>(|(member:1.2.840.113556.1.4.1941:=<user
-    dn>)(objectSid=<primary group SID>)(member:1.2.840.113556.1.4.1941:=<SID=<primary group
-    SID>>)))``, with the same ``memberOf`` edges. 2 searches in all, but the server walks
-    every group of the scope: on Samba 4.17 about 10 times slower than the fast path.
-
-    ``"auto"`` on *other servers* (``member`` values), once a batch run has stored the nesting
-    (:mod:`adldap_auth.stored_groups`): one search of the user's direct groups,
-    ``(&<GROUP_FILTER>(member=<user dn>))``, and the groups above them as the last batch run
-    stored them. A user's own memberships reach the login at once; a change of nesting (a
-    group put into another) with the next batch run. A direct group that the last batch run
-    did not store (created since) makes the login read the graph, as below. Cost after the
-    bind: 1 search, whatever the number of groups.
-
-    ``"graph"`` everywhere (and ``"auto"`` before any batch run, or with ``memberUid`` or
-    ``uniqueMember`` values): the whole group graph of the scope, read as the batch reads it
-    (paged, ranged ``member`` values), kept in the process for
-    ``LDAP_SYNC_LOGIN_GROUP_CACHE_TIMEOUT`` seconds (default 60; 0 reads it at every login),
-    so a group change reaches logins within that delay (and the next batch run in any case).
-    Cost after the bind: 0 searches with a warm cache, one per page of groups when cold.
+Groups (:func:`user_groups`)
+    One resolver for logins and batch runs: the batch's :class:`~adldap_auth.groups.GroupGraph`
+    of the membership scope (:mod:`adldap_auth.membership`). The login reads the user's
+    *direct* groups live (one search of the membership scope, ``(member=<user dn>)``), then
+    walks up the graph: the nesting the last batch run stored (:mod:`adldap_auth.nesting`,
+    in Django's cache under a version each batch run bumps), or, before any batch run, with
+    ``LDAP_SYNC_LOGIN_GROUP_RESOLUTION = "graph"``, or when a direct group is newer than the
+    stored nesting, the graph read live (cached for ``LDAP_SYNC_LOGIN_GROUP_CACHE_TIMEOUT``
+    seconds). The AD primary group and the groups above it count, as in the batch. The groups
+    kept are those Django manages: the group scope, and with
+    ``LDAP_SYNC_GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS`` every group found. A change of the
+    user's own memberships reaches the login at once; a change of nesting, with the next
+    batch run. Cost after the bind: 1 search with stored nesting.
 
     ``LDAP_SYNC_GROUP_MEMBERSHIP_MODE = "filter"`` (the seed's per-user filter) runs that
-    filter in the group scope (plus the primary group clauses on AD): 2 searches.
+    filter in the membership scope for the direct groups instead.
 
 Writes (:func:`write_user`)
     One query first reads the links of the user's groups, the default groups
@@ -69,52 +45,51 @@ Writes (:func:`write_user`)
     profiles, and writes nothing but django-auth-ldap's own ``user.save()``. A batch run (or
     another login) writing the same rows at the same moment makes one of them fail on a
     unique constraint; the login then starts again from the database's new state, up to
-    :data:`WRITE_ATTEMPTS` times, so no ``IntegrityError`` reaches the login view.
+    :data:`WRITE_ATTEMPTS` times, so no ``IntegrityError`` reaches the login view. A write
+    that meets a lock conflict (SQLite's "database is locked" while a batch transaction is
+    open, a deadlock) starts again after a growing pause, for at most
+    :data:`LOCKED_RETRY_SECONDS` (outside a transaction of the caller only).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
+import random
 import socket
-import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import ldap
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.cache import cache
 from django.core.signals import setting_changed
 from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.dispatch import receiver
 from ldap.filter import escape_filter_chars
 
 from .callbacks import resolve_callback
-from .conf import PREFIX, sync_settings
-from .directory import Entry
+from .conf import PREFIX, default_group_names, sync_settings
+from .directory import DirectoryError, Entry
 from .directory.connection import DirectorySession
-from .directory.decoding import sid_to_str
 from .directory.readers import Scope, and_filter, member_filter, read_entries
-from .groups import GroupGraph
 from .mapping import (
     GroupRecord,
     MappingConfig,
-    SkipEntry,
     UserRecord,
     build_mapping_config,
-    group_attribute_list,
-    map_group,
-    normalize_dn,
+    entry_guid,
     user_attribute_list,
 )
+from .membership import direct_group_guids, live_graph, membership_scope
 from .models import DirectoryGroup, DirectoryUser
-from .store import RunReport, Store
-from .stored_groups import clear_stored_groups, stored_groups
-from .sync import default_group_names
+from .nesting import VERSION_KEY, forget_loaded, stored_graph
+from .store import MembershipTable, RunReport, Store
 
 logger = logging.getLogger("adldap_auth.login")
 
@@ -124,7 +99,6 @@ __all__ = [
     "DirectoryAttrs",
     "clear_group_cache",
     "connected_uri",
-    "group_graph",
     "is_ad_entry",
     "is_exempt",
     "login_user_attributes",
@@ -135,14 +109,24 @@ __all__ = [
     "write_user",
 ]
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+#: Characters refused anywhere in a typed login name (Unicode categories): controls (tab,
+#: newline, NUL...), invisible format characters (zero-width spaces, bidi overrides) and
+#: line/paragraph separators. The mapper refuses the same ones in directory usernames
+#: (:func:`adldap_auth.mapping.map_user`), so no account is locked out by this rule.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 #: LDAP_MATCHING_RULE_IN_CHAIN: transitive ``member`` matching on Active Directory.
 IN_CHAIN = "1.2.840.113556.1.4.1941"
 #: How many times a login re-reads the database after losing a race with another writer.
 WRITE_ATTEMPTS = 3
-#: Attributes read on top of the mapper's: ``memberOf`` (edges among the user's groups on AD)
-#: and both usual identity attributes (to recognise AD from the entry, without a rootDSE read).
-DETECTION_ATTRIBUTES = ("memberof", "objectguid", "entryuuid", "objectsid")
+#: A login whose write meets a lock conflict (SQLite's "database is locked" while a batch run
+#: writes; a deadlock) tries again after a pause, doubled each time from the first to the
+#: longest (with jitter), for at most LOCKED_RETRY_SECONDS (seconds) in all.
+LOCKED_FIRST_PAUSE, LOCKED_MAX_PAUSE, LOCKED_RETRY_SECONDS = 0.05, 1.0, 15.0
+#: How the databases word a lock conflict, as the store reports it (lower case).
+_LOCKED_MESSAGES = ("database is locked", "database table is locked", "deadlock", "lock wait timeout")
+#: Attributes read on top of the mapper's: both usual identity attributes (to recognise AD
+#: from the entry, without a rootDSE read).
+DETECTION_ATTRIBUTES = ("objectguid", "entryuuid", "objectsid")
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,23 +134,29 @@ DETECTION_ATTRIBUTES = ("memberof", "objectguid", "entryuuid", "objectsid")
 
 
 def normalize_login_name(username: str) -> str:
-    """The name a user typed, made searchable: spaces stripped, ``DOMAIN\\user`` -> ``user``.
+    """The name a user typed, made searchable: plain spaces (U+0020) stripped,
+    ``DOMAIN\\user`` -> ``user``.
 
-    ``user@domain`` is returned unchanged (see :func:`user_search_filter`). A name with a
-    control character (NUL included) gives "": no directory username has one (the mapper
-    refuses them), and Samba compares filter values only up to a NUL, so ``alice\\x00`` would
-    otherwise find alice.
+    ``user@domain`` is returned unchanged (see :func:`user_search_filter`). Gives "" (the
+    login is refused) for a name with a control, format or line/paragraph separator character
+    anywhere (NUL, tab, newline, a zero-width space...), checked *before* any stripping, and
+    for other white space (a no-break space...) left at either end once plain spaces are
+    stripped. No directory username has the former (the mapper refuses them); the directory's
+    matching rules (RFC 4518) drop or fold both, so ``alice\\t`` would otherwise find alice;
+    and Samba compares filter values only up to a NUL.
     """
-    name = username.strip()
+    if any(unicodedata.category(char) in _REFUSED_CATEGORIES for char in username):
+        return ""
+    name = username.strip(" ")
     if "\\" in name:
-        name = name.partition("\\")[2].strip()
-    if _CONTROL_CHARS.search(name):
+        name = name.partition("\\")[2].strip(" ")
+    if name != name.strip():
         return ""
     return name
 
 
 def _local_part(login: str) -> str:
-    return login.rpartition("@")[0].strip() if "@" in login else ""
+    return login.rpartition("@")[0].strip(" ") if "@" in login else ""
 
 
 def is_exempt(login: str, exempt_usernames: Iterable[str]) -> bool:
@@ -305,269 +295,53 @@ def user_groups(
     config: MappingConfig,
     is_ad: bool,
 ) -> list[GroupRecord]:
-    """Every group of the scope the user is in, directly or by nesting, primary group included.
-
-    The same set as the batch's ``GroupGraph.groups_for`` (see the module docstring for how and
-    at what cost). Empty when groups or memberships are not synced. Raises
-    :class:`~adldap_auth.directory.DirectoryError` when a search fails.
+    """The groups Django manages that the user is in, directly or by nesting: the batch's
+    answer, by the batch's graph (see the module docstring). Empty when groups or memberships
+    are not synced. Raises :class:`~adldap_auth.directory.DirectoryError` when a search fails.
     """
     s = sync_settings
     if not (s.GROUP and s.GROUP_MEMBERSHIP):
         return []
+    stored = None if s.LOGIN_GROUP_RESOLUTION == "graph" else stored_graph()
+    graph = stored if stored is not None else live_graph(session, config)
     if s.GROUP_MEMBERSHIP_MODE == "filter":
-        return _filter_groups(session, record, config, is_ad)
-    resolution = s.LOGIN_GROUP_RESOLUTION
-    if is_ad and resolution in ("auto", "in_chain") and config.member_attribute == "member":
-        if resolution == "auto":
-            found = _token_groups(session, entry, record, config)
-            if found is not None:
-                return found
-        return _in_chain_groups(session, entry, record, config)
-    if resolution == "auto" and config.member_attribute == "member":
-        found = _stored_nesting_groups(session, record, config)
-        if found is not None:
-            return found
-    graph = group_graph(session, config)
-    guids = graph.groups_for(record.member_key, record.primary_group_sid)
-    return [group for group in graph.records() if group.guid in guids]
+        direct = _filter_group_guids(session, record, config)
+    else:
+        direct = direct_group_guids(session, record, config)
+    if stored is not None and not all(guid in graph for guid in direct):
+        # A group created since the last batch run: the live graph (cached) may know it.
+        logger.debug("login of %s: a direct group is newer than the stored nesting", record.dn)
+        graph = live_graph(session, config)
+    if not all(guid in graph for guid in direct):
+        logger.debug("login of %s: a direct group is not in the graph; reading it", record.dn)
+        graph = live_graph(session, config, refresh=True)
+    guids = graph.groups_above(direct, record.primary_group_sid)
+    create_outside = bool(s.GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS)
+    return [graph.by_guid(guid) for guid in graph.manageable(sorted(guids), create_outside)]
 
 
-def _stored_nesting_groups(
+def _filter_group_guids(
     session: DirectorySession, record: UserRecord, config: MappingConfig
-) -> list[GroupRecord] | None:
-    """The user's direct groups, read live (one search), and the groups above them as the last
-    batch run stored them (:mod:`adldap_auth.stored_groups`).
-
-    None when that cannot answer: no batch run stored the nesting, or a direct group (or the
-    primary group) is not in it (created since the last batch run, or skipped by it).
-    """
-    stored = stored_groups()
-    if not stored:
-        return None
-    s = sync_settings
-    filterstr = and_filter(s.GROUP_FILTER, f"(member={escape_filter_chars(record.dn)})")
-    attributes = _group_attributes_without_members(config)
-    found = _read_groups(session, Scope(s.GROUP_SEARCH, filterstr), attributes, config)
-    direct = {group.guid: group for _, group in found}
-    start = set(direct)
-    if record.primary_group_sid:
-        start.add(stored.guid_of_sid(record.primary_group_sid) or "")
-    if not all(guid in stored for guid in start):
-        logger.debug("login of %s: a group is not in the stored nesting", record.dn)
-        return None
-    above = stored.ancestors(start) - direct.keys()
-    return [*direct.values(), *(stored.record(guid) for guid in sorted(above))]
-
-
-def _primary_group_clauses(record: UserRecord) -> list[str]:
-    if not record.primary_group_sid:
-        return []
-    sid = escape_filter_chars(record.primary_group_sid)
-    return [f"(objectSid={sid})", f"(member:{IN_CHAIN}:=<SID={sid}>)"]
-
-
-def _group_attributes_without_members(config: MappingConfig) -> list[str]:
-    """What the store needs of a group; member values (possibly thousands) are not read."""
-    return [a for a in group_attribute_list(config) if a != config.member_attribute]
-
-
-def _read_groups(
-    session: DirectorySession,
-    scope: Scope,
-    attributes: list[str],
-    config: MappingConfig,
-    ranged: Iterable[str] = (),
-) -> list[tuple[Entry, GroupRecord]]:
-    """Map the groups of a search; an entry the mapper refuses is left out, as by the batch."""
-    found = []
-    for entry in read_entries(session, scope, attributes, ranged=ranged):
-        try:
-            found.append((entry, map_group(entry, config)))
-        except SkipEntry as skip:
-            logger.debug("group %s skipped: %s", entry.dn, skip)
-    return found
-
-
-def _token_groups(
-    session: DirectorySession, entry: Entry, record: UserRecord, config: MappingConfig
-) -> list[GroupRecord] | None:
-    """The fast path on AD: ``tokenGroups``, then the in-scope groups by SID and direct DN.
-
-    None when it cannot answer for sure: ``tokenGroups`` not readable by the bind account, or
-    a group found has a parent under the group base that was not found (a distribution group,
-    which ``tokenGroups`` leaves out, or a group the filter excludes); the caller then asks
-    the IN_CHAIN search.
-    """
-    s = sync_settings
-    key = _token_key()
-    if _token_groups_unreadable.get(key, 0.0) > time.monotonic():
-        return None
-    token = session.read_entry(record.dn, ["tokenGroups"])
-    raw_sids = token.attrs.get("tokengroups", []) if token is not None else []
-    if not raw_sids:  # every account has at least its primary group: not readable
-        logger.info(
-            "tokenGroups of %s is not readable by the bind account; logins use the "
-            "IN_CHAIN search for the next %s seconds",
-            record.dn,
-            TOKEN_GROUPS_RETRY,
+) -> set[str]:
+    """``LDAP_SYNC_GROUP_MEMBERSHIP_MODE = "filter"``: the seed's per-user filter, run in the
+    membership scope as the batch runs it."""
+    scope = membership_scope(config)
+    filterstr = member_filter(sync_settings.GROUP_MEMBERSHIP_FILTER, record.dn)
+    identity = config.identity_attribute
+    return {
+        guid
+        for found in read_entries(
+            session, Scope(scope.base, and_filter(scope.filterstr, filterstr)), [identity]
         )
-        _token_groups_unreadable[key] = time.monotonic() + TOKEN_GROUPS_RETRY
-        return None
-    sids = sorted({_sid_text(raw) for raw in raw_sids} - {None})
-    direct = _values(entry, "memberof")
-    clauses = [f"(objectSid={escape_filter_chars(sid)})" for sid in sids]
-    clauses += [f"(distinguishedName={escape_filter_chars(dn)})" for dn in direct]
-    filterstr = and_filter(s.GROUP_FILTER, "(|" + "".join(clauses) + ")")
-    attributes = [*_group_attributes_without_members(config), "memberof"]
-    found = _read_groups(
-        session, Scope(s.GROUP_SEARCH, filterstr), attributes, config, ranged=["memberof"]
-    )
-    base = normalize_dn(s.GROUP_SEARCH or "")
-    seen = {normalize_dn(group.dn) for _, group in found}
-    for group_entry, group in found:
-        for parent_dn in _values(group_entry, "memberof"):
-            parent = normalize_dn(parent_dn)
-            if parent not in seen and (parent == base or parent.endswith("," + base)):
-                logger.debug(
-                    "login of %s: group %s has a parent outside tokenGroups (%s); "
-                    "asking the IN_CHAIN search",
-                    record.dn,
-                    group.dn,
-                    parent_dn,
-                )
-                return None
-    return _closure(found, entry, record)
-
-
-#: Seconds a process remembers that tokenGroups is not readable (and skips asking for it).
-TOKEN_GROUPS_RETRY = 600
-_token_groups_unreadable: dict[tuple, float] = {}
-
-
-def _token_key() -> tuple:
-    return (tuple(sync_settings.bind_uris), sync_settings.BIND_DN)
-
-
-def _sid_text(raw: bytes) -> str | None:
-    try:
-        return sid_to_str(raw)
-    except ValueError:
-        return None
-
-
-def _in_chain_groups(
-    session: DirectorySession, entry: Entry, record: UserRecord, config: MappingConfig
-) -> list[GroupRecord]:
-    """Every in-scope group above the user or its primary group, in one IN_CHAIN search."""
-    s = sync_settings
-    clauses = [f"(member:{IN_CHAIN}:={escape_filter_chars(record.dn)})"]
-    clauses += _primary_group_clauses(record)
-    filterstr = and_filter(s.GROUP_FILTER, "(|" + "".join(clauses) + ")")
-    attributes = [*_group_attributes_without_members(config), "memberof"]
-    found = _read_groups(
-        session, Scope(s.GROUP_SEARCH, filterstr), attributes, config, ranged=["memberof"]
-    )
-    if "memberof" not in entry.attrs:
-        # No memberOf on the user (not readable, or no direct group): the server's answer is
-        # the set. With memberOf, the edges of _closure make it exactly the batch's set.
-        return [group for _, group in found]
-    return _closure(found, entry, record)
-
-
-def _closure(
-    found: list[tuple[Entry, GroupRecord]], entry: Entry, record: UserRecord
-) -> list[GroupRecord]:
-    """The batch's answer over the groups found: their ``memberOf`` values (and the user's)
-    are the edges, so a group reached only through a group outside the scope is left out, as
-    the batch's graph leaves it out."""
-    by_dn = {normalize_dn(group.dn): group for _, group in found}
-    keys: dict[str, list[str]] = {group.guid: [] for _, group in found}
-    for group_entry, group in found:
-        for parent_dn in _values(group_entry, "memberof"):
-            parent = by_dn.get(normalize_dn(parent_dn))
-            if parent is not None:
-                keys[parent.guid].append(normalize_dn(group.dn))
-    for parent_dn in _values(entry, "memberof"):
-        parent = by_dn.get(normalize_dn(parent_dn))
-        if parent is not None:
-            keys[parent.guid].append(record.member_key)
-    graph = GroupGraph(replace(group, member_keys=keys[group.guid]) for _, group in found)
-    guids = graph.groups_for(record.member_key, record.primary_group_sid)
-    return [group for _, group in found if group.guid in guids]
-
-
-def _values(entry: Entry, name: str) -> list[str]:
-    return [value.decode("utf-8", "replace") for value in entry.attrs.get(name, ())]
-
-
-def _filter_groups(
-    session: DirectorySession, record: UserRecord, config: MappingConfig, is_ad: bool
-) -> list[GroupRecord]:
-    """``LDAP_SYNC_GROUP_MEMBERSHIP_MODE = "filter"``: the seed's per-user filter."""
-    s = sync_settings
-    clauses = [member_filter(s.GROUP_MEMBERSHIP_FILTER, record.dn)]
-    if is_ad:
-        clauses += _primary_group_clauses(record)
-    filterstr = and_filter(s.GROUP_FILTER, "(|" + "".join(clauses) + ")")
-    attributes = _group_attributes_without_members(config)
-    return [
-        group
-        for _, group in _read_groups(session, Scope(s.GROUP_SEARCH, filterstr), attributes, config)
-    ]
-
-
-_graph_cache: dict[tuple, tuple[float, GroupGraph]] = {}
-_graph_lock = threading.Lock()
-
-
-def _graph_key(config: MappingConfig) -> tuple:
-    s = sync_settings
-    return (
-        tuple(s.bind_uris),
-        s.GROUP_SEARCH,
-        s.GROUP_FILTER,
-        s.RANGE_SIZE,
-        tuple(group_attribute_list(config)),
-        tuple(sorted(config.group_attributes.items())),
-    )
-
-
-def group_graph(session: DirectorySession, config: MappingConfig) -> GroupGraph:
-    """The group graph of the scope, read as the batch reads it and kept in the process for
-    ``LDAP_SYNC_LOGIN_GROUP_CACHE_TIMEOUT`` seconds. Concurrent logins wait for one read."""
-    timeout = sync_settings.LOGIN_GROUP_CACHE_TIMEOUT
-    if not timeout:
-        return _read_group_graph(session, config)
-    key = _graph_key(config)
-    with _graph_lock:
-        cached = _graph_cache.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        graph = _read_group_graph(session, config)
-        _graph_cache[key] = (time.monotonic() + timeout, graph)
-        return graph
-
-
-def _read_group_graph(session: DirectorySession, config: MappingConfig) -> GroupGraph:
-    s = sync_settings
-    found = _read_groups(
-        session,
-        Scope(s.GROUP_SEARCH, s.GROUP_FILTER),
-        group_attribute_list(config),
-        config,
-        ranged=[config.member_attribute],
-    )
-    logger.debug("login: read the group graph (%d groups)", len(found))
-    return GroupGraph(group for _, group in found)
+        if (guid := entry_guid(found, identity))
+    }
 
 
 def clear_group_cache() -> None:
-    """Forget the cached group graphs and what was learnt about ``tokenGroups`` (done when an
-    ``LDAP_SYNC_*`` setting changes)."""
-    with _graph_lock:
-        _graph_cache.clear()
-        _token_groups_unreadable.clear()
-    clear_stored_groups()
+    """Forget the graphs of logins: the live one in Django's cache and this process's copy of
+    the stored one (done when an ``LDAP_SYNC_*`` setting changes)."""
+    cache.delete(VERSION_KEY)
+    forget_loaded()
 
 
 @receiver(setting_changed)
@@ -603,18 +377,36 @@ def write_user(
     *,
     server: str,
     link: DirectoryUser | None = None,
+    session: DirectorySession | None = None,
+    adopt: bool = False,
+    relink: bool = False,
 ) -> Any | None:
     """Write one user, its profiles, photo, groups and memberships; return the Django user.
 
     ``link`` is the entry's identity link as :func:`existing_user` found it, when the caller
     has it: the user's memberships are then read with its groups, in one query.
 
-    None when the store skipped the entry (a username owned by another directory entry, a
-    database error that persisted over :data:`WRITE_ATTEMPTS` attempts): the reasons are
-    logged as warnings by the store.
+    Adoption (the entry has no link, a Django user has its username) follows the store's
+    rules. ``session``: when that user is linked to another entry, the directory is asked
+    whether that entry is gone (:func:`old_entry_gone`), and only then is the user moved to
+    this entry. ``adopt`` and ``relink`` (``manage.py ldaplink``): the user is linked whatever
+    the adoption rules, and moved from another entry even if that one still exists.
+
+    None when the store skipped the entry (an adoption refused, a username owned by another
+    directory entry, a database error that persisted over :data:`WRITE_ATTEMPTS` attempts):
+    the reasons are logged as warnings.
     """
     callbacks = [resolve_callback(path) for path in sync_settings.USER_CALLBACKS]
-    for attempt in range(1, WRITE_ATTEMPTS + 1):
+    entry_gone = None
+    if relink:
+        entry_gone = _always
+    elif session is not None:
+        entry_gone = partial(old_entry_gone, session, config)
+    busy_until: float | None = None  # lock conflicts are retried until then
+    pause = LOCKED_FIRST_PAUSE
+    attempt = 0
+    while attempt < WRITE_ATTEMPTS:
+        attempt += 1
         report = RunReport()
         store = Store(
             config,
@@ -622,10 +414,36 @@ def write_user(
             server=server,
             set_unusable_password=sync_settings.USER_SET_UNUSABLE_PASSWORD,
             user_callbacks=callbacks,
+            adopt_users=[record.username] if adopt else (),
+            entry_gone=entry_gone,
         )
         try:
-            return _write_once(store, record, groups, link if attempt == 1 else None)
-        except (IntegrityError, _NotWritten) as error:
+            first = attempt == 1 and busy_until is None
+            return _write_once(store, record, groups, link if first else None)
+        except (IntegrityError, _NotWritten, DatabaseError) as error:
+            in_transaction = connections[router.db_for_write(DirectoryUser)].in_atomic_block
+            busy = lock_conflict(error) or _lock_conflict_reported(report)
+            if not isinstance(error, IntegrityError | _NotWritten) and (not busy or in_transaction):
+                raise  # not a race, or the caller's transaction went with it
+            if busy and not in_transaction:
+                # Another writer (a batch run's transaction) holds the database: wait for it,
+                # longer each time, for at most LOCKED_RETRY_SECONDS; not a lost race.
+                now = time.monotonic()
+                busy_until = busy_until or now + LOCKED_RETRY_SECONDS
+                if now < busy_until:
+                    logger.info(
+                        "login of %s: the database is busy (%s); trying again", record.username, error
+                    )
+                    time.sleep(min(pause * random.uniform(0.5, 1.0), busy_until - now))
+                    pause = min(pause * 2, LOCKED_MAX_PAUSE)
+                    attempt -= 1
+                    continue
+            if report.counts["users_adoption_refused"] or report.counts["users_skipped"]:
+                # A decision, not a race: another attempt would decide the same.
+                logger.warning(
+                    "directory login of %s refused: %s", record.username, "; ".join(report.problems)
+                )
+                return None
             logger.info(
                 "login of %s: write attempt %d of %d failed (%s)",
                 record.username,
@@ -635,6 +453,53 @@ def write_user(
             )
     logger.warning("login of %s: the user could not be written", record.username)
     return None
+
+
+def _lock_conflict_reported(report: RunReport) -> bool:
+    """Whether the store reported (rather than raised) a lock conflict: it keeps the
+    database's message in the problem it reports for the user it could not write."""
+    return any(
+        phrase in problem.lower() for problem in report.problems for phrase in _LOCKED_MESSAGES
+    )
+
+
+def lock_conflict(error: DatabaseError) -> bool:
+    """Whether the database gave up on a transaction because another writer held its rows: a
+    deadlock or a lock wait timeout (MariaDB/MySQL errors 1213 and 1205, PostgreSQL SQLSTATE
+    40P01 and 40001). The database rolled the transaction back; another attempt usually
+    succeeds. InnoDB sees such deadlocks between a login and a batch run writing the same
+    users and groups."""
+    cause = error.__cause__
+    sqlite_code = getattr(cause, "sqlite_errorcode", None)
+    if sqlite_code is not None:  # SQLITE_BUSY, SQLITE_LOCKED and their extended codes
+        return sqlite_code & 0xFF in (5, 6)
+    args = getattr(cause, "args", None) or (None,)
+    return args[0] in (1205, 1213) or getattr(cause, "sqlstate", None) in ("40P01", "40001")
+
+
+def _always(link: DirectoryUser) -> bool:
+    return True
+
+
+def old_entry_gone(session: DirectorySession, config: MappingConfig, link: DirectoryUser) -> bool:
+    """Whether the directory entry of ``link`` no longer exists, asked before a re-created
+    account (its username, a new objectGUID/entryUUID) takes that Django user over: a base
+    read of the link's DN, then a search of LDAP_SYNC_BIND_SEARCH for the link's id (the entry
+    may have moved). False when either finds it, or when the directory cannot tell."""
+    from .resync import identity_filter  # resync imports this module
+
+    attribute = config.identity_attribute
+    try:
+        entry = session.read_entry(link.dn, [attribute])
+        if entry is not None and entry_guid(entry, attribute) == link.guid:
+            return False
+        scope = Scope(sync_settings.BIND_SEARCH, identity_filter(attribute, [link.guid]))
+        for _entry in read_entries(session, scope, [attribute]):
+            return False
+    except DirectoryError as error:
+        logger.warning("login: whether entry %s still exists is unknown: %s", link.dn, error)
+        return False
+    return True
 
 
 class _Known:
@@ -676,7 +541,7 @@ def _read_known(
         known.member_of = {row[1] for row in rows if row[5]}
         known.user_id = user_id
     # Two records with one name: the store decides which one gets it (and reports).
-    unique_names = len({group.name for group in groups}) == len(groups)
+    unique_names = len({group.name.lower() for group in groups}) == len(groups)
     for group in groups:
         row = linked.get(group.guid)
         if (
@@ -794,8 +659,8 @@ def _write_once(
         exact = not known.stale and known.default_ids is not None and user.pk == known.user_id
         if member_of is None or not exact:
             # Read now: the user is new, or groups were just written (adopted groups...).
-            through = type(user).groups.through
-            current = through.objects.filter(user_id=user.pk).values("group_id")
+            table = MembershipTable.of(type(user))
+            current = table.model.objects.filter(**{table.user: user.pk}).values(table.group)
             member_of = set(
                 DirectoryGroup.objects.filter(group_id__in=current).values_list(
                     "group_id", flat=True

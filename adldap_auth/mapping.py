@@ -11,9 +11,12 @@ Semantics of a record's ``fields`` / ``profiles`` / ``photos`` dicts (what the s
   is cleared. A cleared attribute clears the field.
 - key present, any other value: set the field to that value.
 - key **absent**: leave the field as it is. This happens when the value could not be used
-  (not UTF-8, a rejected photo): the record's ``problems`` then says why. Nothing is ever
-  guessed, so a transient decoding problem never wipes a field.
+  (not UTF-8): the record's ``problems`` then says why. Nothing is ever guessed, so a
+  transient decoding problem never wipes a field.
 - ``photos[label][field] is None``: the photo attribute is absent, so the photo is removed.
+  Otherwise it holds the directory's bytes as read, not decoded: the store compares their
+  digest with the stored one and only a changed photo goes through :func:`validate_photo`
+  (a rejected one leaves the field unchanged, with a warning of the run).
 
 Values:
 
@@ -23,6 +26,11 @@ Values:
 - A value longer than its field's ``max_length`` is truncated, with a problem. Usernames are
   never truncated (the entry is skipped) and e-mail addresses are never truncated (an invalid
   or too long address clears the field, with a problem).
+- A username that the username field's validators refuse (``o'neil``, ``john smith``: valid
+  directory names) is synced, with a problem, unless ``LDAP_SYNC_USERNAME_STRICT`` is True
+  (the entry is skipped). Control characters and invisible format characters are always
+  refused. E-mail addresses are checked by :func:`is_email_address`, which accepts
+  internationalised addresses (RFC 6531) as the directory holds them.
 - NUL characters (which PostgreSQL refuses) are removed from text values, with a problem.
 - Profiles are filled from the mapped attributes (``LDAP_SYNC_USER_ATTRIBUTES``) and the extra
   attributes (``LDAP_SYNC_USER_EXTRA_ATTRIBUTES``) whose names, after
@@ -46,6 +54,7 @@ import logging
 import os
 import re
 import struct
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -71,6 +80,7 @@ __all__ = [
     "GroupRecord",
     "MappingConfig",
     "PHOTO_ATTRIBUTES",
+    "Photo",
     "PhotoError",
     "ProfileSpec",
     "SkipEntry",
@@ -80,7 +90,9 @@ __all__ = [
     "entry_from_attrs",
     "fieldcase",
     "group_attribute_list",
+    "is_email_address",
     "join_values",
+    "jpeg_scan_count",
     "map_group",
     "map_user",
     "normalize_dn",
@@ -104,6 +116,15 @@ GROUP_CONTROL_ATTRIBUTES = ("objectsid",)
 #: Image formats accepted for photos (``MPO`` is how Pillow names some camera JPEGs).
 PHOTO_FORMATS = ("JPEG", "PNG", "GIF")
 _ACCEPTED_PHOTO_FORMATS = frozenset({*PHOTO_FORMATS, "MPO"})
+#: File name extensions of a stored photo by format; a new file gets the first one.
+PHOTO_EXTENSIONS = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "GIF": (".gif",)}
+#: Most scans a JPEG photo may have. Decoding costs a pass over every pixel a scan, so a small
+#: file repeating a scan thousands of times takes seconds to minutes; ordinary progressive
+#: JPEGs have 6 (grey) to 18 (CMYK) scans, baseline ones 1 to 4.
+PHOTO_MAX_SCANS = 32
+#: Where the next JPEG marker starts: 0xFF then a byte that is not a stuffed zero, a restart
+#: marker or a fill byte (the way libjpeg finds it, extraneous bytes skipped).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 _FIELDCASES = (None, "lower", "upper")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -127,6 +148,18 @@ class SkipEntry(Exception):
 
 class PhotoError(ValueError):
     """A photo was rejected: too big, not a JPEG/PNG/GIF, corrupt or truncated."""
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A photo accepted by :func:`validate_photo`: re-encoded by Pillow, in ``format``."""
+
+    data: bytes
+    format: str  # "JPEG", "PNG" or "GIF"
+
+    @property
+    def extension(self) -> str:
+        return PHOTO_EXTENSIONS[self.format][0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +199,10 @@ class MappingConfig:
     photo_max_bytes: int
     photo_max_pixels: int
     lowercase_username: bool = True
-    #: User fields that hold e-mail addresses (validated with ``validate_email``).
+    #: ``LDAP_SYNC_USERNAME_STRICT``: skip (True) or sync with a problem (False) a username
+    #: that ``username_validator`` refuses.
+    username_strict: bool = False
+    #: User fields that hold e-mail addresses (validated with :func:`is_email_address`).
     email_fields: frozenset[str] = frozenset({"email"})
     #: Group field -> max_length (``auth.Group.name`` is 150).
     group_field_max_lengths: dict[str, int | None] = field(default_factory=lambda: {"name": 150})
@@ -238,6 +274,32 @@ def _make_plan(config: MappingConfig) -> _Plan:
     return _Plan(username_attrs[0], user_fields, tuple(profiles), name_attrs[0], group_fields)
 
 
+def user_text_fields(user_model: Any) -> list[str]:
+    """The fields of ``user_model`` that ``LDAP_SYNC_USER_ATTRIBUTES`` may map an attribute
+    to: concrete text fields (``CharField``, ``TextField`` and their subclasses such as
+    ``EmailField``), except ``password``. ``first_name`` and ``last_name`` are among them only
+    when the model has them (``AbstractUser`` does, ``AbstractBaseUser`` does not)."""
+    from django.db import models
+
+    return [
+        field.name
+        for field in user_model._meta.concrete_fields
+        if isinstance(field, models.CharField | models.TextField) and field.name != "password"
+    ]
+
+
+def default_user_attributes_note(settings: Any, user_model: Any) -> str:
+    """Text saying that LDAP_SYNC_USER_ATTRIBUTES is not set and its default, written for
+    ``auth.User``, does not fit ``user_model``; "" when the site set it (or uses auth.User)."""
+    is_set = getattr(settings, "is_set", None)
+    if is_set is None or is_set("USER_ATTRIBUTES") or user_model._meta.label == "auth.User":
+        return ""
+    return (
+        " (LDAP_SYNC_USER_ATTRIBUTES is not set, and its default is written for "
+        "django.contrib.auth's User: set it for this model)"
+    )
+
+
 def build_mapping_config(settings: Any = None, is_ad: bool | None = None) -> MappingConfig:
     """Build the :class:`MappingConfig` from ``LDAP_SYNC_*`` settings and the models.
 
@@ -271,10 +333,15 @@ def build_mapping_config(settings: Any = None, is_ad: bool | None = None) -> Map
         return result
 
     user_attributes = lower_map(settings.USER_ATTRIBUTES, "USER_ATTRIBUTES")
+    note = default_user_attributes_note(settings, user_model)
+    fits = (
+        f"; the fields of {user_model._meta.label} it may map to: "
+        f"{', '.join(user_text_fields(user_model))}"
+    )
     if username_field not in user_attributes.values():
         raise ImproperlyConfigured(
             f"LDAP_SYNC_USER_ATTRIBUTES must map an attribute to the username field "
-            f"{username_field!r}"
+            f"{username_field!r}{note}{fits}"
         )
 
     max_lengths: dict[str, int | None] = {}
@@ -284,7 +351,8 @@ def build_mapping_config(settings: Any = None, is_ad: bool | None = None) -> Map
             model_field = user_model._meta.get_field(fname)
         except FieldDoesNotExist:
             raise ImproperlyConfigured(
-                f"LDAP_SYNC_USER_ATTRIBUTES: {user_model._meta.label} has no field {fname!r}"
+                f"LDAP_SYNC_USER_ATTRIBUTES: {user_model._meta.label} has no field "
+                f"{fname!r}{note}{fits}"
             ) from None
         if (
             not isinstance(model_field, models.CharField | models.TextField)
@@ -293,7 +361,7 @@ def build_mapping_config(settings: Any = None, is_ad: bool | None = None) -> Map
         ):
             raise ImproperlyConfigured(
                 f"LDAP_SYNC_USER_ATTRIBUTES: {user_model._meta.label}.{fname} is not a text "
-                f"field that can be synced"
+                f"field that can be synced{fits}"
             )
         max_lengths[fname] = model_field.max_length
         if isinstance(model_field, models.EmailField):
@@ -374,6 +442,7 @@ def build_mapping_config(settings: Any = None, is_ad: bool | None = None) -> Map
         username_field=username_field,
         user_field_max_lengths=max_lengths,
         username_validator=username_validator if validators else None,
+        username_strict=bool(settings.USERNAME_STRICT),
         extra_attributes=tuple(dict.fromkeys(extra)),
         profiles=tuple(profiles),
         fieldcase=mode,
@@ -468,6 +537,9 @@ class GroupRecord:
     member_keys: list[str]
     object_sid: str | None
     problems: list[str] = field(default_factory=list)
+    #: in the group scope (LDAP_SYNC_GROUP_SEARCH and _FILTER), or only in the membership
+    #: scope (a group whose nesting counts, managed only with ..._CREATE_IF_NOT_EXISTS)
+    in_scope: bool = True
 
 
 #: A UUID in its canonical text form (lower case, hyphenated), as OpenLDAP's entryUUID reads.
@@ -568,10 +640,63 @@ def _text(
     return value
 
 
-def _email(attr: str, target: str, values: list[bytes] | None, max_length, problems) -> str | None:
+#: RFC 5322 ``atext`` other than letters and digits: an unquoted local part's symbols.
+_ATEXT_SYMBOLS = frozenset("!#$%&'*+-/=?^_`{|}~")
+
+
+def _utf8_dot_atom(local: str) -> bool:
+    """Whether ``local`` is an RFC 6531 dot-atom: non-empty atoms joined by single dots, of
+    ASCII letters, digits, ``atext`` symbols and non-ASCII characters that are neither
+    control (Unicode category ``Cc``) nor space or separator characters (``Z*``)."""
+    for atom in local.split("."):
+        if not atom:
+            return False
+        for char in atom:
+            if char.isascii():
+                if not (char.isalnum() or char in _ATEXT_SYMBOLS):
+                    return False
+            elif unicodedata.category(char) == "Cc" or unicodedata.category(char)[0] == "Z":
+                return False
+    return True
+
+
+def is_email_address(value: str) -> bool:
+    """Whether ``value`` is an e-mail address, internationalised ones (RFC 6531) included.
+
+    Django's ``validate_email`` refuses non-ASCII local parts (``zoë.müller@example.com``),
+    which are real addresses in Active Directory. Rules:
+
+    - exactly one ``@`` outside a quoted local part, at most 320 characters;
+    - an ASCII local part: Django's rule (a dot-atom or a quoted string);
+    - a local part with non-ASCII characters: a dot-atom (see :func:`_utf8_dot_atom`; no
+      spaces, no control characters, no empty atom); quoted non-ASCII local parts are refused;
+    - the domain: Django's rule (a host name, IDN included, ``localhost`` or an address
+      literal), and it must encode with Python's ``idna`` codec (every label at most 63
+      characters once punycoded, no prohibited character).
+    """
     from django.core.exceptions import ValidationError
     from django.core.validators import validate_email
 
+    local, at, domain = value.rpartition("@")
+    if not at or not local or len(value) > 320:
+        return False
+    if not local.isascii() and not _utf8_dot_atom(local):
+        return False
+    try:
+        domain.encode("idna")
+    except UnicodeError:
+        return False
+    try:
+        # The local part is checked above when Django cannot: give it an ASCII stand-in.
+        validate_email(f"{local if local.isascii() else 'x'}@{domain}")
+    except ValidationError:
+        return False
+    return True
+
+
+def _email(attr: str, target: str, values: list[bytes] | None, max_length, problems) -> str | None:
+    """The first value of an e-mail attribute, as the directory holds it (stripped), "" when
+    absent or when it is not an address (with a problem), None when it cannot be decoded."""
     if not values:
         return ""
     try:
@@ -586,15 +711,24 @@ def _email(attr: str, target: str, values: list[bytes] | None, max_length, probl
             f"attribute {attr} is longer than {max_length} characters; {target} cleared"
         )
         return ""
-    try:
-        validate_email(value)
-    except ValidationError:
+    if not is_email_address(value):
         problems.append(f"attribute {attr} is not a valid e-mail address; {target} cleared")
         return ""
     return value
 
 
-def _username(entry: Entry, config: MappingConfig, attr: str) -> str:
+#: Invisible characters refused in usernames besides controls: format characters (bidi
+#: overrides, zero-width spaces) and line/paragraph separators make look-alike names.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Zl", "Zp"})
+
+
+def _username(entry: Entry, config: MappingConfig, attr: str, problems: list[str]) -> str:
+    """The entry's username, or :class:`SkipEntry`.
+
+    A username the field's validators refuse is kept, with a problem, unless
+    ``config.username_strict``: it fits the column, and the directory (like django-auth-ldap
+    and django-adldap-sync) accepts it, so skipping it would lock the person out.
+    """
     from django.core.exceptions import ValidationError
 
     raw = entry.first(attr)
@@ -617,16 +751,24 @@ def _username(entry: Entry, config: MappingConfig, attr: str) -> str:
             f"allowed by {config.username_field}",
             entry.dn,
         )
-    if _CONTROL_CHARS.search(username):
+    categories = {unicodedata.category(char) for char in username}
+    if "Cc" in categories:
         raise SkipEntry("username contains control characters", entry.dn)
+    if categories & _INVISIBLE_CATEGORIES:
+        raise SkipEntry(
+            "username contains invisible format or separator characters (Unicode Cf, Zl, Zp)",
+            entry.dn,
+        )
     if config.username_validator is not None:
         try:
             config.username_validator(username)
         except (ValidationError, ValueError):
-            raise SkipEntry(
-                f"username {username!r} is refused by the validators of {config.username_field}",
-                entry.dn,
-            ) from None
+            refused = (
+                f"username {username!r} is refused by the validators of {config.username_field}"
+            )
+            if config.username_strict:
+                raise SkipEntry(f"{refused} (LDAP_SYNC_USERNAME_STRICT)", entry.dn) from None
+            problems.append(f"{refused}; synced anyway (LDAP_SYNC_USERNAME_STRICT is False)")
     return username
 
 
@@ -635,14 +777,15 @@ def map_user(entry: Entry, config: MappingConfig) -> UserRecord:
 
     Skipped: no (or undecodable) identity attribute; no, empty or non-UTF-8 username; an
     exempt username (case-insensitive); a username longer than the field's max_length (never
-    truncated), with control characters, or refused by the username field's validators.
+    truncated), with control or invisible format characters, or (only with
+    ``LDAP_SYNC_USERNAME_STRICT``) refused by the username field's validators.
     Everything else is mapped, and what could not be used is listed in ``problems``.
     """
     plan = config._plan
     attrs = entry.attrs
     guid = _identity(entry, config)
-    username = _username(entry, config, plan.username_attr)
     problems: list[str] = []
+    username = _username(entry, config, plan.username_attr, problems)
 
     fields: dict[str, Any] = {config.username_field: username}
     for attr, fname, max_length, is_email in plan.user_fields:
@@ -665,16 +808,10 @@ def map_user(entry: Entry, config: MappingConfig) -> UserRecord:
         profiles[profile.label] = values_by_field
         photo_by_field: dict[str, bytes | None] = {}
         for attr, fname in profile.photos:
+            # The directory's bytes, undecoded: the store compares their digest with the
+            # stored one and checks (decodes) a photo only when it changed.
             values = attrs.get(attr)
-            if not values:
-                photo_by_field[fname] = None
-                continue
-            try:
-                photo_by_field[fname] = validate_photo(
-                    values[0], config.photo_max_bytes, config.photo_max_pixels
-                )
-            except PhotoError as exc:
-                problems.append(f"attribute {attr} rejected ({exc}); {fname} left unchanged")
+            photo_by_field[fname] = values[0] if values else None
         photos[profile.label] = photo_by_field
 
     disabled = False
@@ -841,16 +978,23 @@ def _normalize_dn_parsed(dn: str) -> str:
 # Photos
 
 
-def validate_photo(data: bytes, max_bytes: int, max_pixels: int) -> bytes:
-    """Return ``data`` unchanged if it is a sound JPEG, PNG or GIF within the limits.
+def validate_photo(
+    data: bytes, max_bytes: int, max_pixels: int, max_scans: int = PHOTO_MAX_SCANS
+) -> Photo:
+    """Check a photo and return it re-encoded by Pillow, if it is a sound JPEG, PNG or GIF
+    within the limits.
 
     Raises :class:`PhotoError` when it is larger than ``max_bytes``, not one of those formats,
     declares more than ``max_pixels`` pixels (checked from the header, before any decoding, so
-    a decompression bomb is never expanded), or is corrupt or truncated (``verify()`` and then a
-    full ``load()`` of a second copy, since ``verify()`` misses truncated JPEG scans).
+    a decompression bomb is never expanded), is a JPEG of more than ``max_scans`` scans
+    (counted before any decoding: each scan costs a pass over the pixels), or is corrupt or
+    truncated (``verify()`` and then a full ``load()`` of a second copy, since ``verify()``
+    misses truncated JPEG scans).
 
-    A site that sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` disables Pillow's own
-    truncation error, and so the last check.
+    The result holds the decoded pixels only, written again (see :func:`_reencode`): whatever
+    else the directory's bytes carried (trailing data, comments, EXIF with its GPS position,
+    a second frame) is not stored. A site that sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES =
+    True`` disables Pillow's own truncation error, and so the last check.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -865,9 +1009,14 @@ def validate_photo(data: bytes, max_bytes: int, max_pixels: int) -> bytes:
             width, height = image.size
             if width * height > max_pixels:
                 raise PhotoError(f"photo is {width}x{height} pixels, more than {max_pixels}")
+            if image.format in ("JPEG", "MPO"):
+                scans = jpeg_scan_count(data, max_scans)
+                if scans > max_scans:
+                    raise PhotoError(f"photo is a JPEG of more than {max_scans} scans")
             image.verify()
         with Image.open(io.BytesIO(data), formats=PHOTO_FORMATS) as image:
             image.load()
+            return _reencode(image)
     except PhotoError:
         raise
     except Image.DecompressionBombError:
@@ -876,17 +1025,69 @@ def validate_photo(data: bytes, max_bytes: int, max_pixels: int) -> bytes:
         raise PhotoError("photo is not a JPEG, PNG or GIF image") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise PhotoError(f"photo is corrupt ({type(exc).__name__})") from None
-    return data
 
 
-def photo_filename(template: str, username: str, now: datetime) -> str:
+def jpeg_scan_count(data: bytes, limit: int) -> int:
+    """How many scans (SOS segments) the first image of a JPEG has, without decoding it;
+    counting stops past ``limit``. Markers are found as libjpeg finds them: segment
+    payloads skipped by their length, entropy-coded data and stray bytes searched for the
+    next 0xFF that is not stuffing, a restart or a fill byte."""
+    scans, position = 0, 2  # after SOI
+    while (found := _JPEG_MARKER.search(data, position)) is not None:
+        marker, position = data[found.start() + 1], found.end()
+        if marker == 0xD9:  # EOI: the end of the first image
+            break
+        if marker in (0x01, 0xD8):  # TEM, SOI: no payload
+            continue
+        if marker == 0xDA:
+            scans += 1
+            if scans > limit:
+                break
+        position += int.from_bytes(data[position : position + 2], "big")
+    return scans
+
+
+def _reencode(image: Any) -> Photo:
+    """Write a loaded image again in its format (an MPO camera file as a plain JPEG): a
+    baseline JPEG with the source's quantization tables and chroma subsampling (so about
+    its quality and size), a PNG, or a GIF of the first frame. Kept: the ICC colour profile,
+    transparency; an EXIF orientation is applied to the pixels, since the EXIF block itself
+    is dropped."""
+    from PIL import ExifTags, ImageOps, JpegImagePlugin
+
+    fmt = "JPEG" if image.format in ("JPEG", "MPO") else image.format
+    options: dict[str, Any] = {}
+    if fmt == "JPEG":
+        tables = getattr(image, "quantization", None)
+        if tables:
+            options["qtables"] = [tables[key] for key in sorted(tables)]
+        options["subsampling"] = JpegImagePlugin.get_sampling(image)
+    if image.info.get("icc_profile"):
+        options["icc_profile"] = image.info["icc_profile"]
+    kept = {k: image.info[k] for k in ("transparency", "background") if k in image.info}
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9):
+        image = ImageOps.exif_transpose(image)
+    image.info = kept  # no comment, EXIF, XMP or text chunk is carried over
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=fmt, **options)
+    except (OSError, ValueError, KeyError) as exc:  # a mode the format cannot be written in
+        raise PhotoError(f"photo cannot be re-encoded ({type(exc).__name__})") from None
+    return Photo(buffer.getvalue(), fmt)
+
+
+def photo_filename(
+    template: str, username: str, now: datetime, photo_format: str | None = None
+) -> str:
     """The file name for a user's photo, from ``LDAP_SYNC_USER_THUMBNAILPHOTO_NAME``.
 
     ``{username}`` is replaced by the username made safe for a file name (Django's
     ``get_valid_filename``, dot runs collapsed, leading dots removed, at most 64 characters),
     ``{uuid4}`` by a random UUID, then strftime codes are expanded with ``now``. The result is a
     bare file name (no directory part ever escapes); a template that yields nothing usable
-    falls back to ``{username}_{uuid4}.jpg``.
+    falls back to ``{username}_{uuid4}.jpg``. With ``photo_format`` (of :class:`Photo`), an
+    extension that is not one of that format's is replaced (or added): a PNG is never stored
+    as ``.jpg``.
     """
     safe_username = _safe_filename_part(username)
     name = template.replace("{username}", safe_username).replace("{uuid4}", str(uuid.uuid4()))
@@ -894,6 +1095,10 @@ def photo_filename(template: str, username: str, now: datetime) -> str:
     name = os.path.basename(name.replace("\\", "/")).strip()
     if name in ("", ".", "..") or _CONTROL_CHARS.search(name):
         name = f"{safe_username}_{uuid.uuid4()}.jpg"
+    if photo_format is not None:
+        root, extension = os.path.splitext(name)
+        if extension.lower() not in PHOTO_EXTENSIONS[photo_format]:
+            name = root + PHOTO_EXTENSIONS[photo_format][0]
     return name
 
 
@@ -910,7 +1115,8 @@ def _safe_filename_part(text: str) -> str:
 
 
 def photo_digest(data: bytes) -> str:
-    """SHA-256 hex digest of a photo, to skip rewriting an unchanged one."""
+    """SHA-256 hex digest of a photo as the directory holds it: an unchanged photo is
+    neither decoded nor rewritten."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -932,3 +1138,45 @@ def fieldcase(name: str, mode: str | None) -> str:
 def join_values(values: Iterable[bytes], separator: str) -> str:
     """Decode (strict UTF-8) and join the values of a multi-valued attribute."""
     return separator.join(value.decode("utf-8") for value in values)
+
+
+# --------------------------------------------------------------------------------------------
+# Directory rules shared by batch runs and logins
+
+
+def entry_guid(entry: Entry, identity_attribute: str) -> str | None:
+    """An entry's immutable id as stored in identity links, or None when it has none."""
+    raw = entry.first(identity_attribute)
+    if raw is None:
+        return None
+    try:
+        return decode_identity(identity_attribute.lower(), raw)
+    except ValueError:
+        return None
+
+
+def username_attribute(config: MappingConfig) -> str:
+    """The attribute mapped to the username field."""
+    return next(a for a, f in config.user_attributes.items() if f == config.username_field)
+
+
+def member_key_of(entry: Entry, config: MappingConfig) -> str:
+    """How group member values name this entry (as :attr:`UserRecord.member_key`)."""
+    if config.member_attribute == "memberuid":
+        try:
+            value = entry.text(username_attribute(config)) or ""
+        except UnicodeDecodeError:  # map_user skips the entry and says why
+            return ""
+        return value.lower()
+    return normalize_dn(entry.dn)
+
+
+def primary_group_sid_of(entry: Entry) -> str | None:
+    """The SID of an AD entry's primary group (domain SID + ``primaryGroupID``), or None."""
+    raw_sid, raw_rid = entry.first("objectsid"), entry.first("primarygroupid")
+    if raw_sid is None or raw_rid is None:
+        return None
+    try:
+        return f"{domain_sid_and_rid(sid_to_str(raw_sid))[0]}-{int(raw_rid)}"
+    except ValueError:
+        return None

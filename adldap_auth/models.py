@@ -50,21 +50,57 @@ class DirectoryGroup(models.Model):
     object_sid = models.CharField(max_length=184, blank=True)
     last_changed = models.DateTimeField(null=True, blank=True)
     removed_at = models.DateTimeField(null=True, blank=True)
-    # Written by batch runs only (a login does not read member lists); None until one has.
-    #: the direct member keys (normalized DNs, or lower-case uids), sorted: an incremental run
-    #: compares them with the directory's to find exactly whose memberships may have moved
-    member_keys = models.JSONField(null=True, blank=True, editable=False)
-    #: :func:`adldap_auth.groups.member_digest` of ``member_keys``: full runs compare only this
-    member_digest = models.CharField(max_length=64, blank=True, editable=False)
-    #: guids of the directory groups this group is a direct member of: the nesting that a
-    #: login on a server without ``tokenGroups`` uses instead of reading every group
-    parent_guids = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = "directory group"
 
     def __str__(self) -> str:
         return self.dn
+
+
+class GroupNode(models.Model):
+    """A group of the membership scope, as the last complete batch run read it.
+
+    The membership scope (``LDAP_SYNC_MEMBERSHIP_SEARCH``, by default ``LDAP_SYNC_BIND_SEARCH``)
+    holds every group whose nesting counts, in the group scope or not, managed in Django or
+    not. Written only at the end of a successful run, after the users' memberships: an
+    incremental run compares the directory with this state, and a run that died before its
+    end leaves the state it had not applied yet unwritten. Logins walk up ``parent_guids``.
+    """
+
+    guid = models.CharField("directory id", max_length=64, unique=True)
+    dn = models.TextField("distinguished name")
+    object_sid = models.CharField(max_length=184, blank=True)
+    #: the Group fields mapped from the entry (LDAP_SYNC_GROUP_ATTRIBUTES), name included
+    fields = models.JSONField(default=dict)
+    #: whether the entry is in the group scope (LDAP_SYNC_GROUP_SEARCH and _FILTER)
+    in_scope = models.BooleanField(default=False)
+    #: the direct member keys (normalized DNs, or lower-case uids), sorted
+    member_keys = models.JSONField(default=list)
+    #: :func:`adldap_auth.groups.member_digest` of ``member_keys``: full runs compare only this
+    member_digest = models.CharField(max_length=64)
+    #: guids of the groups of the scope this group is a direct member of
+    parent_guids = models.JSONField(default=list)
+
+    class Meta:
+        verbose_name = "group of the membership scope"
+        verbose_name_plural = "groups of the membership scope"
+
+    def __str__(self) -> str:
+        return self.dn
+
+
+class NestingState(models.Model):
+    """One row: a version of the stored nesting, changed whenever a run rewrites it, so that
+    logins in every process know when the nesting they hold is stale; and whether a batch run
+    wrote memberships that the stored nesting does not describe yet."""
+
+    version = models.CharField(max_length=64)
+    written_at = models.DateTimeField()
+    #: Set (committed) before a batch run's first membership write, cleared when that run
+    #: stores its nesting: still set, the run died in between, and the next run rechecks every
+    #: user's memberships instead of only those the stored nesting says moved.
+    unsettled_since = models.DateTimeField(null=True, blank=True)
 
 
 class SyncRun(models.Model):

@@ -25,7 +25,7 @@ from ldap.filter import escape_filter_chars
 from .callbacks import resolve_callback
 from .conf import sync_settings
 from .directory import DirectoryError, Entry
-from .directory.connection import DirectorySession
+from .directory.connection import DirectorySession, connection_config
 from .directory.decoding import guid_to_bytes
 from .directory.readers import Scope, and_filter, read_entries
 from .login import mapping_entry, user_groups, write_user
@@ -34,12 +34,12 @@ from .mapping import (
     MappingConfig,
     SkipEntry,
     build_mapping_config,
+    entry_guid,
     map_user,
     user_attribute_list,
 )
 from .models import DirectoryUser
 from .store import RunReport, Store
-from .sync import connection_config, entry_guid
 
 logger = logging.getLogger("adldap_auth.resync")
 

@@ -3,11 +3,14 @@
 Order of a full run, and why:
 
 1. Read the rootDSE first, so an incremental marker never skips a change made during the run.
-2. Read every group (paged, ranged ``member`` values) and build the group graph once.
-3. Stream users a page at a time; map, write and set memberships in batches of
+2. Read every group (paged, ranged ``member`` values) and build the group graph once; a read
+   that lost too many managed groups fails the run here, before anything is written
+   (:func:`check_group_read`).
+3. Stream users a page at a time; map, write and add memberships in batches of
    ``LDAP_SYNC_WRITE_BATCH_SIZE``, each batch its own transaction (no lock held for minutes,
-   no half-applied batch).
-4. Only when every search completed: removals, guarded by ``LDAP_SYNC_REMOVAL_THRESHOLD``.
+   no half-applied batch). Memberships found gone are only collected.
+4. Only when every search completed: removals of memberships, users and groups, each guarded
+   by ``LDAP_SYNC_REMOVAL_THRESHOLD``.
 
 Any incomplete read (error, limit, timeout) ends the run as failed *before* step 4.
 """
@@ -22,15 +25,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from . import signals
 from .callbacks import removed_user_deactivate, removed_user_delete, resolve_callback
-from .conf import sync_settings
-from .directory import DirectoryError, Entry
-from .directory.connection import ConnectionConfig, DirectorySession, RootDSE
-from .directory.decoding import domain_sid_and_rid, sid_to_str
+from .conf import default_group_names, removal_threshold, sync_settings
+from .directory import DirectoryError
+from .directory.connection import DirectorySession, RootDSE, connection_config
 from .directory.readers import Scope, and_filter, member_filter, read_entries
 from .groups import GroupGraph, StoredNesting, changed_nesting
 from .locking import LockLost, run_lock
@@ -39,16 +41,24 @@ from .mapping import (
     SkipEntry,
     UserRecord,
     build_mapping_config,
-    decode_identity,
-    group_attribute_list,
-    map_group,
+    entry_guid,
     map_user,
-    normalize_dn,
+    member_key_of,
+    primary_group_sid_of,
     user_attribute_list,
+    username_attribute,
 )
-from .models import DirectoryGroup, DirectoryUser, SyncMarker, SyncRun
-from .store import RunReport, Store
-from .stored_groups import clear_stored_groups
+from .membership import membership_scope, read_groups
+from .models import DirectoryGroup, DirectoryUser, GroupNode, SyncMarker, SyncRun
+from .nesting import (
+    has_stored_nesting,
+    load_stored_graph,
+    mark_unsettled,
+    memberships_unsettled,
+    stored_member_lists,
+    write_nesting,
+)
+from .store import MembershipTable, RunReport, Store
 from .tracking import TimestampHigh, changed_filter, choose_mode, choose_tracking, entry_changed
 
 logger = logging.getLogger("adldap_auth.sync")
@@ -112,65 +122,27 @@ class SyncResult:
         return data
 
 
-def connection_config() -> ConnectionConfig:
-    """The directory connection described by the ``LDAP_SYNC_*`` settings."""
-    s = sync_settings
-    return ConnectionConfig(
-        uris=tuple(s.bind_uris),
-        bind_dn=s.BIND_DN or "",
-        bind_password=s.BIND_PASS or "",
-        start_tls=s.START_TLS,
-        ca_file=s.CA_FILE,
-        require_cert=s.REQUIRE_CERT,
-        network_timeout=float(s.NETWORK_TIMEOUT),
-        operation_timeout=float(s.OPERATION_TIMEOUT),
-        page_size=int(s.BIND_PAGESIZE),
-        range_size=s.RANGE_SIZE,
-    )
-
-
-def entry_guid(entry: Entry, identity_attribute: str) -> str | None:
-    """An entry's immutable id as stored in identity links, or None when it has none."""
-    raw = entry.first(identity_attribute)
-    if raw is None:
-        return None
-    try:
-        return decode_identity(identity_attribute.lower(), raw)
-    except ValueError:
-        return None
-
-
-def default_group_names(values: Iterable[Any]) -> list[str]:
-    """LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT: names, or the seed's ``(dn, {"cn": [b"x"]})``."""
-    names = []
-    for value in values:
-        if isinstance(value, str):
-            names.append(value)
-        else:
-            _dn, attrs = value
-            cn = attrs.get("cn") or attrs.get("CN")
-            name = cn[0] if isinstance(cn, list | tuple) else cn
-            names.append(name.decode() if isinstance(name, bytes) else str(name))
-    return names
-
-
 def run_sync(options: SyncOptions | None = None) -> SyncResult:
     """Run one batch sync with the site's settings and return its summary.
 
     One run at a time across hosts (:mod:`adldap_auth.locking`): when another run holds the
     lock, raises :class:`~adldap_auth.locking.LockHeld` at once, having done and recorded
     nothing. Once the lock is taken, records left "running" by a run that died are closed.
+    Any failure of the run itself is recorded and returned as a failed result (see
+    :meth:`SyncEngine.run`), never raised.
     """
     with run_lock() as lock:
         close_interrupted_runs()
         engine = SyncEngine(options or SyncOptions(), heartbeat=lock.heartbeat)
-        started = time.monotonic()
-        try:
-            return engine.run()
-        except LockLost as exc:  # taken over after a silence beyond LDAP_SYNC_LOCK_STALE_AFTER
-            logger.error("sync run stopped: %s", exc)
-            engine.error_kind = type(exc).__name__
-            return engine._finish(SyncRun.STATUS_FAILED, str(exc), time.monotonic() - started)
+        return engine.run()
+
+
+def _without_secret(text: str) -> str:
+    """``text`` with the bind password masked, should an unexpected error quote it."""
+    password = sync_settings.BIND_PASS
+    if isinstance(password, str) and password:
+        text = text.replace(password, "********")
+    return text
 
 
 def close_interrupted_runs() -> int:
@@ -197,10 +169,19 @@ class SyncEngine:
         self.error_kind = ""
         self.extra_sessions: list[DirectorySession] = []
         self.disabled_seen: set[str] = set()  # guids read as disabled in this run
+        self.managed_group_ids: set[int] = set()  # Django groups whose memberships are synced
+        self.unsettled = False  # a run died after writing memberships: recheck every user's
 
     # -- the run -----------------------------------------------------------------------------
 
     def run(self) -> SyncResult:
+        """Run once; the record ends "success", "partial" or "failed", never "running".
+
+        Expected failures (directory, removal guard, database, lost lock) are recorded with
+        their message; anything else (a setting the checks let through, a callback path that
+        does not import, a bug) with its type and message, logged with the traceback. Ctrl-C
+        and ``SystemExit`` are recorded as failed, then raised again.
+        """
         started = time.monotonic()
         self.run_record = SyncRun.objects.create(
             mode=self.mode, dry_run=self.options.dry_run, started_at=timezone.now()
@@ -213,13 +194,28 @@ class SyncEngine:
             self.root = self.session.root_dse()
             self._warn_if_privileged()
             self._run_body()
-        except (DirectoryError, RemovalRefused, DatabaseError) as exc:
+        except (DirectoryError, RemovalRefused, DatabaseError, LockLost) as exc:
             # DatabaseError: what the store could not isolate to one entry (lost connection,
             # a race it could not resolve). Batches already committed stay; nobody is removed.
+            # LockLost: taken over (LDAP_SYNC_LOCK_STALE_AFTER), or its connection ended.
             error = str(exc)
             self.error_kind = type(exc).__name__
             status = SyncRun.STATUS_FAILED
             logger.error("sync run failed: %s", error)
+        except Exception as exc:
+            error = _without_secret(f"{type(exc).__name__}: {exc}")
+            self.error_kind = type(exc).__name__
+            status = SyncRun.STATUS_FAILED
+            logger.exception("sync run failed: %s", error)
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: record, then let through
+            self.error_kind = type(exc).__name__
+            logger.error("sync run interrupted (%s)", self.error_kind)
+            self._finish(
+                SyncRun.STATUS_FAILED,
+                f"interrupted ({self.error_kind})",
+                time.monotonic() - started,
+            )
+            raise
         finally:
             for session in [self.session, *self.extra_sessions]:
                 if session is not None:
@@ -256,8 +252,8 @@ class SyncEngine:
             mode_reason=self.mode_reason,
             error_kind=self.error_kind,
         )
-        clear_stored_groups()  # logins of this process see the nesting this run stored
-        signals.run_finished.send(SyncEngine, run=record, summary=result.as_dict())
+        # The record is saved: a receiver that raises is logged, and changes nothing of it.
+        signals.send(signals.run_finished, SyncEngine, run=record, summary=result.as_dict())
         return result
 
     def _run_body(self) -> None:
@@ -273,9 +269,17 @@ class SyncEngine:
             incremental_allowed=bool(s.USER_INCREMENTAL or self.options.mode == INCREMENTAL),
             between_full=int(s.INCREMENTAL_BETWEEN_FULL),
         )
+        if self.mode == INCREMENTAL and s.GROUP and not has_stored_nesting():
+            self.mode = FULL
+            self.mode_reason = "no stored group nesting to compare with (first run of this version)"
         logger.info("%s run against %s: %s", self.mode, self.session.uri, self.mode_reason)
         self.marker = marker if self.mode == INCREMENTAL else None
         self.high_water = TimestampHigh()
+        # A run that died after writing memberships and before storing its nesting left
+        # memberships that neither the stored nesting nor (if it changed since) the directory
+        # describes: compared against the stored nesting, they would stay. Read before this
+        # run marks the state itself.
+        self.unsettled = bool(s.GROUP) and memberships_unsettled()
         store = Store(
             config,
             self.report,
@@ -283,41 +287,60 @@ class SyncEngine:
             dry_run=self.options.dry_run,
             set_unusable_password=s.USER_SET_UNUSABLE_PASSWORD,
             user_callbacks=[resolve_callback(path) for path in s.USER_CALLBACKS],
+            defer_membership_removals=True,  # applied by _remove_missing, under the threshold
+            defer_relinks=True,  # decided once the read is complete: _sync_deferred_users
+            # settled again by write_nesting, at the end of a successful run
+            before_membership_write=mark_unsettled if s.GROUP and not self.options.dry_run else None,
         )
+        create_outside = bool(s.GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS)
         group_ids: dict[str, int] = {}
         graph = GroupGraph([])
         present_groups: set[str] = set()
         changed_groups: set[str] = set()
         before: dict[str, StoredNesting] = {}
         if s.GROUP:
-            graph, present_groups, changed_groups = self._read_groups(config)
+            graph, changed_groups = self._read_groups(config)
             if self.mode == INCREMENTAL:
-                before = stored_nesting(changed_groups)  # read before sync_groups stores the new
-            group_ids = store.sync_groups(graph.records(), graph.nesting())
+                before = stored_member_lists(changed_groups)
+            # Synced now: the group scope, and the groups outside it that Django already
+            # manages. Other groups outside it are created when a user turns out to be in one.
+            linked = set(DirectoryGroup.objects.values_list("guid", flat=True))
+            synced = [
+                r for r in graph.records() if r.in_scope or (create_outside and r.guid in linked)
+            ]
+            present_groups = {r.guid for r in synced}
+            check_group_read(present_groups, linked_group_guids(), s.REMOVAL_THRESHOLD, self.options.force_removals)
+            group_ids = store.sync_groups(synced)
         default_ids = set(
             store.ensure_plain_groups(
-                default_group_names(s.GROUP_MEMBERSHIP_ADD_DEFAULT),
-                s.GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS,
+                default_group_names(s.GROUP_MEMBERSHIP_ADD_DEFAULT), create_outside
             ).values()
         )
         if s.USER:
             managed = set(DirectoryGroup.objects.values_list("group_id", flat=True)) | default_ids
-            planner = MembershipPlanner(self, config, graph, group_ids, default_ids)
-            present_users = self._sync_users(config, store, planner, managed)
+            managed |= set(group_ids.values())  # the placeholders of a dry run's new groups
+            planner = MembershipPlanner(
+                self, config, graph, group_ids, default_ids, store, managed, create_outside
+            )
+            self.managed_group_ids = planner.managed
+            present_users = self._sync_users(config, store, planner)
             if self.mode == INCREMENTAL and s.GROUP_MEMBERSHIP and not planner.legacy:
                 self._resync_affected_memberships(
-                    store, planner, managed, present_users, changed_groups, before
+                    store, planner, present_users, changed_groups, before
                 )
             self._remove_missing(store, set(present_users))
             self._delete_after_grace(store, set(present_users))
+            present_groups |= planner.created
         if s.GROUP:
-            store.remove_groups(present_groups, s.GROUP_REMOVAL_ACTION)
+            store.remove_groups(present_groups, s.GROUP_REMOVAL_ACTION, removal_grace())
         if not self.options.dry_run:
+            if s.GROUP:
+                self.report.counts["nesting_rows_written"] = write_nesting(graph)
             self._save_marker(marker)
 
     # -- users --------------------------------------------------------------------------------
 
-    def _sync_users(self, config, store, planner, managed) -> dict[str, tuple[str, str | None]]:
+    def _sync_users(self, config, store, planner) -> dict[str, tuple[str, str | None]]:
         """Write users (all of them, or those changed) and their memberships, a batch at a time.
 
         Returns every user in scope: guid -> (member key, primary group SID). A full run gets it
@@ -337,18 +360,32 @@ class SyncEngine:
         attributes = [*user_attribute_list(config), self.tracking.attribute]
         records = self._read_users(config, scope, attributes, present)
         for batch in _chunks(records, int(s.WRITE_BATCH_SIZE)):
+            if self.heartbeat:  # before each batch's writes: a lost lock stops the run here
+                self.heartbeat()
             self._report_record_problems(batch)
             outcomes = store.sync_users(batch)
             self.report.counts["users_seen"] += len(batch)
             self.synced_user_guids.update(r.guid for r in batch)
             if s.GROUP_MEMBERSHIP:
-                store.sync_memberships(planner.desired(outcomes), managed)
+                store.sync_memberships(planner.desired(outcomes), planner.managed)
             self._remove_disabled(store, batch)
-            if self.heartbeat:
-                self.heartbeat()
         if self.mode == INCREMENTAL:
             present = self._sweep_users(config)
+        self._sync_deferred_users(store, planner, present)
         return present
+
+    def _sync_deferred_users(
+        self, store: Store, planner: MembershipPlanner, present: dict[str, Any]
+    ) -> None:
+        """Re-created accounts (a username whose Django user is linked to another entry): only
+        now that the whole scope was read does the run know whether the old entry is gone,
+        so that the user moves to the new one (before removals, which would else remove it)."""
+        outcomes = store.sync_deferred_users(present.keys())
+        if not outcomes:
+            return
+        if sync_settings.GROUP_MEMBERSHIP:
+            store.sync_memberships(planner.desired(outcomes), planner.managed)
+        self._remove_disabled(store, [outcome.record for outcome in outcomes])
 
     def _read_users(self, config, scope, attributes, present) -> Iterator[UserRecord]:
         for entry in read_entries(self.session, scope, attributes):
@@ -374,7 +411,7 @@ class SyncEngine:
         present: dict[str, tuple[str, str | None]] = {}
         attributes = [config.identity_attribute, self.tracking.attribute, "objectSid", "primaryGroupID"]
         if config.member_attribute == "memberuid":
-            attributes.append(_username_attribute(config))
+            attributes.append(username_attribute(config))
         for entry in read_entries(self.session, Scope(s.USER_SEARCH, s.USER_FILTER), attributes):
             self.high_water.see(entry.first(self.tracking.attribute))
             guid = entry_guid(entry, config.identity_attribute)
@@ -388,7 +425,6 @@ class SyncEngine:
         self,
         store: Store,
         planner: MembershipPlanner,
-        managed: set[int],
         present: dict[str, tuple[str, str | None]],
         changed_groups: set[str],
         before: dict[str, StoredNesting],
@@ -397,33 +433,32 @@ class SyncEngine:
 
         Rechecked (see :func:`~adldap_auth.groups.changed_nesting`): users added to or removed
         from a changed group; users at any depth below a group whose own place moved, and users
-        whose primary group is such a group or below one; users holding a group that vanished,
-        or a changed group whose former member list is unknown.
+        whose primary group is such a group or below one; users holding a managed group that
+        was above a group gone from the membership scope (in the stored nesting), or a managed
+        group that this run no longer manages.
         """
         graph = planner.graph
-        vanished = set(
-            DirectoryGroup.objects.exclude(guid__in=[r.guid for r in graph.records()]).values_list(
-                "group_id", flat=True
-            )
-        )
-        moved, affected_keys, unknown = changed_nesting(graph, before, changed_groups)
+        moved, affected_keys, _new = changed_nesting(graph, before, changed_groups)
         affected_keys |= graph.members_affected_by(moved)
         primary_hit = {
             sid
             for sid in {pg for _key, pg in present.values() if pg}
             if (found := graph.find_by_sid(sid)) is not None and graph.ancestors(found.guid) & moved
         }
-        unknown_ids = {planner.group_ids[g] for g in unknown if g in planner.group_ids}
         # Changes spread over most groups affect most users: then every user is rechecked,
         # which ends in the same state (a recheck of an unaffected user changes nothing) without
         # reading who holds the groups (millions of rows at 100,000 users).
-        recheck_all = len(affected_keys) >= len(present) // 2
-        held = set() if recheck_all else set(user_ids_holding(store, unknown_ids | vanished))
+        # After a run that died unsettled (see _run_body), every user is rechecked too.
+        recheck_all = self.unsettled or len(affected_keys) >= len(present) // 2
+        if self.unsettled:
+            logger.info("a run died after writing memberships: every user's are rechecked")
+            self.report.counts["memberships_recheck_all"] = 1
+        held = set() if recheck_all else set(user_ids_holding(store, self._lost_group_ids(planner)))
         if not (recheck_all or affected_keys or primary_hit or held):
             return
         # Disabled users are still in scope: a full run keeps their memberships current too.
         links = dict(DirectoryUser.objects.values_list("guid", "user_id"))
-        wanted: dict[int, set[int]] = {}
+        wanted: dict[int, tuple[str, str | None]] = {}
         for guid, (member_key, primary_sid) in present.items():
             user_id = links.get(guid)
             if user_id is None or guid in self.synced_user_guids:
@@ -434,12 +469,31 @@ class SyncEngine:
                 or primary_sid in primary_hit
                 or user_id in held
             ):
-                wanted[user_id] = planner.ids_for(member_key, primary_sid)
+                wanted[user_id] = (member_key, primary_sid)
         self.report.counts["memberships_rechecked_users"] = len(wanted)
         items = list(wanted.items())
         batch_size = int(sync_settings.WRITE_BATCH_SIZE)
         for start in range(0, len(items), batch_size):
-            store.sync_memberships(dict(items[start : start + batch_size]), managed)
+            if self.heartbeat:
+                self.heartbeat()
+            batch = dict(items[start : start + batch_size])
+            store.sync_memberships(planner.ids_by_key(batch), planner.managed)
+
+    @staticmethod
+    def _lost_group_ids(planner: MembershipPlanner) -> set[int]:
+        """Managed groups whose holders may lose them without any user entry changing: those
+        this run no longer manages, and those that were above a group now gone from the
+        membership scope (its stored nesting tells which)."""
+        links = DirectoryGroup.objects.values_list("guid", "group_id")
+        by_guid = dict(links)
+        lost = {group_id for guid, group_id in by_guid.items() if guid not in planner.present}
+        stored = set(GroupNode.objects.values_list("guid", flat=True))
+        gone = stored - {r.guid for r in planner.graph.records()}
+        if gone:
+            old = load_stored_graph()
+            above = set().union(*(old.ancestors(guid) for guid in gone))
+            lost |= {by_guid[guid] for guid in above if guid in by_guid}
+        return lost
 
     def _report_record_problems(self, batch: list[UserRecord]) -> None:
         for record in batch:
@@ -448,34 +502,33 @@ class SyncEngine:
 
     # -- groups -------------------------------------------------------------------------------
 
-    def _read_groups(self, config: MappingConfig) -> tuple[GroupGraph, set[str], set[str]]:
-        """Every group in scope (the graph needs them all), and which changed since the marker."""
-        s = sync_settings
-        scope = Scope(s.GROUP_SEARCH, s.GROUP_FILTER)
+    def _read_groups(self, config: MappingConfig) -> tuple[GroupGraph, set[str]]:
+        """Every group of the membership scope (the graph needs them all, in the group scope or
+        not: :mod:`adldap_auth.membership`), and which changed since the marker."""
         records = []
-        present: set[str] = set()
         changed: set[str] = set()
-        attributes = [*group_attribute_list(config), self.tracking.attribute]
-        for entry in read_entries(self.session, scope, attributes, ranged=[config.member_attribute]):
-            stamp = entry.first(self.tracking.attribute)
+        tracking = self.tracking
+        for read in read_groups(self.session, config, (tracking.attribute,)):
+            stamp = read.entry.first(tracking.attribute)
             self.high_water.see(stamp)
-            guid = entry_guid(entry, config.identity_attribute)
-            if guid:
-                present.add(guid)
-                if self.marker is None or entry_changed(
-                    stamp, self.tracking, self.marker, sync_settings.INCREMENTAL_TIME_OFFSET
-                ):
-                    changed.add(guid)
-            try:
-                records.append(map_group(entry, config))
-            except SkipEntry as skip:
-                self.report.problem("group %s skipped: %s", entry.dn, skip)
+            if read.guid and (
+                self.marker is None
+                or entry_changed(stamp, tracking, self.marker, sync_settings.INCREMENTAL_TIME_OFFSET)
+            ):
+                changed.add(read.guid)
+            if read.record is None:
+                self.report.problem("group %s skipped: %s", read.entry.dn, read.skipped)
                 self.report.counts["groups_skipped"] += 1
-            self._progress("groups", len(present))
-        self.report.counts["groups_seen"] = len(records)
-        if self.marker is not None:
+            else:
+                records.append(read.record)
+            self._progress("groups", len(records))
+        self.report.counts["groups_seen"] = sum(1 for r in records if r.in_scope)
+        self.report.counts["groups_outside_scope_seen"] = sum(1 for r in records if not r.in_scope)
+        if self.marker is None:
+            changed = set()
+        else:
             self.report.counts["groups_changed"] = len(changed)
-        return GroupGraph(records), present, changed
+        return GroupGraph(records), changed
 
     def _progress(self, phase: str, count: int) -> None:
         if self.options.progress and count % 100 == 0:
@@ -494,23 +547,32 @@ class SyncEngine:
         store.remove_users(links, self._removed_callbacks(), DirectoryUser.REASON_DISABLED)
 
     def _remove_missing(self, store: Store, present: set[str]) -> None:
-        """Removal callbacks for linked users gone from the scope, if it is safe to run them.
+        """The removals held back until the whole scope was read, if it is safe to make them:
+        the memberships the batches found gone (see ``defer_membership_removals`` of
+        :class:`~adldap_auth.store.Store`), then the removal callbacks for linked users gone
+        from the scope. Both thresholds are checked before either is applied.
 
         Reached only when every search of the run completed: any incomplete read raised
-        before this point.
+        before this point, so a failed run removes no user and no membership.
         """
+        if self.heartbeat:  # removals only by the lock's holder
+            self.heartbeat()
+        threshold, force = sync_settings.REMOVAL_THRESHOLD, self.options.force_removals
         candidates = store.removal_candidates(present)
-        if not candidates:
-            return
-        active = DirectoryUser.objects.filter(removed_at__isnull=True).count()
-        check_removal_threshold(
-            len(candidates),
-            active,
-            len(present),
-            sync_settings.REMOVAL_THRESHOLD,
-            self.options.force_removals,
-        )
-        store.remove_users(candidates, self._removed_callbacks(), DirectoryUser.REASON_MISSING)
+        if candidates:
+            active = DirectoryUser.objects.filter(removed_at__isnull=True).count()
+            check_removal_threshold(len(candidates), active, len(present), threshold, force)
+        pending = store.pending_membership_removals
+        check_membership_removals(len(pending), store.managed_memberships, threshold, force)
+        store.apply_membership_removals()
+        if candidates:
+            store.remove_users(
+                candidates,
+                self._removed_callbacks(),
+                DirectoryUser.REASON_MISSING,
+                managed_group_ids=self.managed_group_ids,
+            )
+        store.forget_gone_disabled_users(present, self.managed_group_ids)
 
     def _warn_if_privileged(self) -> None:
         """Say so when the bind account administers the domain (AD's rootDSE tokenGroups)."""
@@ -568,7 +630,12 @@ class SyncEngine:
     # -- marker -------------------------------------------------------------------------------
 
     def _save_marker(self, marker: SyncMarker | None) -> None:
-        """Remember where this run started, for the next incremental run on this server."""
+        """Remember where this run started, for the next incremental run on this server.
+
+        Only while holding the lock; a marker saved meanwhile by another run (which could only
+        happen if the lock failed) stops this run as LockLost, not with a database error."""
+        if self.heartbeat:
+            self.heartbeat()
         if marker is None:
             marker = SyncMarker(server=self.session.uri)
         marker.invocation_id = self.root.invocation_id or ""
@@ -579,82 +646,105 @@ class SyncEngine:
             marker.incrementals_since_full = 0
         else:
             marker.incrementals_since_full += 1
-        marker.save()
-
-
-def stored_nesting(group_guids: set[str]) -> dict[str, StoredNesting]:
-    """DN and member list that the database holds of these groups (those it has)."""
-    rows = DirectoryGroup.objects.filter(guid__in=list(group_guids)).values_list(
-        "guid", "dn", "member_keys"
-    )
-    return {guid: StoredNesting(dn, keys) for guid, dn, keys in rows}
+        try:
+            with transaction.atomic():
+                marker.save()
+        except IntegrityError as error:
+            raise LockLost(
+                f"lock lost: another run saved the incremental marker of {marker.server} "
+                "during this run; this run stops"
+            ) from error
 
 
 def user_ids_holding(store: Store, group_ids: set[int]) -> list[int]:
     """Users holding a Django membership of any of these groups."""
     if not group_ids:
         return []
-    through = store.User.groups.through
+    table = MembershipTable.of(store.User)
     return list(
-        through.objects.filter(group_id__in=list(group_ids))
-        .values_list("user_id", flat=True)
+        table.model.objects.filter(**{f"{table.group}__in": list(group_ids)})
+        .values_list(table.user, flat=True)
         .distinct()
     )
 
 
-def member_key_of(entry: Entry, config: MappingConfig) -> str:
-    """How group member values name this entry (as :attr:`UserRecord.member_key`)."""
-    if config.member_attribute == "memberuid":
-        value = entry.text(_username_attribute(config)) or ""
-        return value.lower()
-    return normalize_dn(entry.dn)
-
-
-def primary_group_sid_of(entry: Entry) -> str | None:
-    raw_sid, raw_rid = entry.first("objectsid"), entry.first("primarygroupid")
-    if raw_sid is None or raw_rid is None:
-        return None
-    try:
-        return f"{domain_sid_and_rid(sid_to_str(raw_sid))[0]}-{int(raw_rid)}"
-    except ValueError:
-        return None
-
-
-def _username_attribute(config: MappingConfig) -> str:
-    return next(a for a, f in config.user_attributes.items() if f == config.username_field)
-
-
 class MembershipPlanner:
-    """Each user's wanted set of Django group ids: the graph's closure, or the seed's filter."""
+    """Each user's wanted set of Django group ids: the graph's closure (or the seed's filter),
+    restricted to the groups Django manages.
 
-    def __init__(self, engine, config, graph, group_ids, default_ids):
+    A group outside the group scope that a user turns out to be in is created here, with
+    ``LDAP_SYNC_GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS``, once per run, a batch of users at a
+    time (``created`` lists them, ``managed`` grows with them).
+    """
+
+    def __init__(
+        self,
+        engine: SyncEngine,
+        config: MappingConfig,
+        graph: GroupGraph,
+        group_ids: dict[str, int],
+        default_ids: set[int],
+        store: Store,
+        managed: set[int],
+        create_outside: bool,
+    ) -> None:
         self.engine = engine
         self.config = config
         self.graph = graph
         self.group_ids = group_ids
         self.default_ids = default_ids
+        self.store = store
+        self.managed = managed
+        self.create_outside = create_outside
         self.legacy = sync_settings.GROUP_MEMBERSHIP_MODE == "filter"
+        self.present: set[str] = set(group_ids)  # guids of the groups managed in this run
+        self.created: set[str] = set()
+        self._unwritable: set[str] = set()
         self._lookup_session: DirectorySession | None = None
 
-    def desired(self, outcomes) -> dict[int, set[int]]:
-        wanted: dict[int, set[int]] = {}
-        for outcome in outcomes:
-            if outcome.user is None or outcome.user.pk is None:
-                continue
-            guids = self.group_guids(outcome.record)
-            ids = {self.group_ids[g] for g in guids if g in self.group_ids}
-            wanted[outcome.user.pk] = ids | self.default_ids
-        return wanted
+    def desired(self, outcomes: Iterable[Any]) -> dict[int, set[int]]:
+        """Wanted group ids of each user of a written batch (by Django user id)."""
+        guids = {
+            outcome.user.pk: self.group_guids(outcome.record)
+            for outcome in outcomes
+            if outcome.user is not None and outcome.user.pk is not None
+        }
+        return self._ids(guids)
 
-    def ids_for(self, member_key: str, primary_group_sid: str | None) -> set[int]:
-        """Graph mode only: the wanted group ids of a user known by member key and SID."""
-        guids = self.graph.groups_for(member_key, primary_group_sid)
-        return {self.group_ids[g] for g in guids if g in self.group_ids} | self.default_ids
+    def ids_by_key(self, users: dict[int, tuple[str, str | None]]) -> dict[int, set[int]]:
+        """Graph mode: wanted group ids of users known by (member key, primary group SID)."""
+        return self._ids(
+            {user_id: self.graph.groups_for(key, sid) for user_id, (key, sid) in users.items()}
+        )
 
     def group_guids(self, record: UserRecord) -> Iterable[str]:
         if not self.legacy:
             return self.graph.groups_for(record.member_key, record.primary_group_sid)
         return self._legacy_group_guids(record)
+
+    def _ids(self, guids_by_user: dict[int, Iterable[str]]) -> dict[int, set[int]]:
+        manageable = {
+            user_id: self.graph.manageable(guids, self.create_outside)
+            for user_id, guids in guids_by_user.items()
+        }
+        self._create({g for guids in manageable.values() for g in guids})
+        ids = self.group_ids
+        return {
+            user_id: {ids[g] for g in guids if g in ids} | self.default_ids
+            for user_id, guids in manageable.items()
+        }
+
+    def _create(self, guids: set[str]) -> None:
+        """Sync the groups of ``guids`` that this run has not synced yet."""
+        missing = [g for g in guids if g not in self.group_ids and g not in self._unwritable]
+        if not missing:
+            return
+        written = self.store.sync_groups(self.graph.by_guid(g) for g in sorted(missing))
+        self.group_ids.update(written)
+        self.managed.update(written.values())
+        self.present.update(written)
+        self.created.update(written)
+        self._unwritable.update(g for g in missing if g not in written)
 
     def _lookups(self) -> DirectorySession:
         """A second connection to the same server: the per-user searches of the seed's mode
@@ -669,17 +759,15 @@ class MembershipPlanner:
         """The seed's way: one search per user with LDAP_SYNC_GROUP_MEMBERSHIP_FILTER."""
         s = sync_settings
         filterstr = member_filter(s.GROUP_MEMBERSHIP_FILTER, record.dn)
-        scope = Scope(s.GROUP_SEARCH, and_filter(s.GROUP_FILTER, filterstr))
+        members = membership_scope(self.config)
+        scope = Scope(members.base, and_filter(members.filterstr, filterstr))
         guids = set()
         for entry in read_entries(self._lookups(), scope, [self.config.identity_attribute]):
             guid = entry_guid(entry, self.config.identity_attribute)
             if guid:
                 guids.add(guid)
-        if record.primary_group_sid:
-            primary = self.graph.find_by_sid(record.primary_group_sid)
-            if primary is not None:
-                guids |= self.graph.ancestors(primary.guid)
-        return guids
+        # Nesting counts whatever the filter (IN_CHAIN already gives it on AD), as at login.
+        return self.graph.groups_above(guids, record.primary_group_sid)
 
 
 def removal_grace() -> dt.timedelta | None:
@@ -703,20 +791,65 @@ def check_removal_threshold(
             f"the directory returned no users while {active} synced users exist; "
             "nobody was removed (check LDAP_SYNC_USER_SEARCH and LDAP_SYNC_USER_FILTER)"
         )
-    if force or threshold is None:
+    _refuse_above_threshold(
+        removing, active, "users", "synced users", threshold, force, "nobody was removed"
+    )
+
+
+def linked_group_guids() -> set[str]:
+    """Ids of the directory groups Django manages now (linked, not retired)."""
+    return set(DirectoryGroup.objects.filter(removed_at__isnull=True).values_list("guid", flat=True))
+
+
+def check_group_read(present: set[str], linked: set[str], threshold: Any, force: bool) -> None:
+    """Raise :class:`RemovalRefused` when the group read lost too many managed groups.
+
+    Call it right after the groups are read, before anything is written: ``present`` holds
+    the ids of the groups the run will keep managing, ``linked`` those of
+    :func:`linked_group_guids`. Memberships are written a batch of users at a time, so a
+    group read that returns nothing (a typo in LDAP_SYNC_GROUP_FILTER, an empty
+    LDAP_SYNC_GROUP_SEARCH) must stop the run here, before the first batch strips every
+    user of the lost groups; the same drop would then retire or delete the groups
+    (LDAP_SYNC_GROUP_REMOVAL_ACTION). A read that finds none of the linked groups is refused
+    whatever the threshold; ``force`` applies both.
+    """
+    if force or not linked:
         return
-    if isinstance(threshold, str) and threshold.strip().endswith("%"):
-        limit = active * float(threshold.strip()[:-1]) / 100
-        shown = f"{threshold.strip()} of {active} synced users"
-    else:
-        limit = int(threshold)
-        shown = str(limit)
-    if removing > limit:
+    gone = len(linked - present)
+    if gone == len(linked):
         raise RemovalRefused(
-            f"{removing} users would be removed, more than LDAP_SYNC_REMOVAL_THRESHOLD "
-            f"({shown}); nobody was removed. Check the directory, then run "
-            "'manage.py syncldap full --force-removals' to apply them."
+            f"the directory returned none of the {len(linked)} synced groups; nothing was "
+            "written (check LDAP_SYNC_GROUP_SEARCH and LDAP_SYNC_GROUP_FILTER). If they were "
+            "all removed on purpose, run 'manage.py syncldap full --force-removals'."
         )
+    _refuse_above_threshold(
+        gone, len(linked), "synced groups are missing from the directory's answer and",
+        "synced groups", threshold, force, "nothing was written",
+    )  # fmt: skip
+
+
+def check_membership_removals(removing: int, total: int, threshold: Any, force: bool) -> None:
+    """Raise :class:`RemovalRefused` when a run would remove more memberships of managed
+    groups than allowed (``total``: how many such memberships Django held before the run)."""
+    _refuse_above_threshold(
+        removing, total, "memberships", "managed memberships", threshold, force,
+        "no membership and nobody was removed",
+    )  # fmt: skip
+
+
+def _refuse_above_threshold(
+    removing: int, total: int, what: str, noun: str, threshold: Any, force: bool, outcome: str
+) -> None:
+    """The rule shared by every kind of removal: ``removing`` out of ``total`` against
+    LDAP_SYNC_REMOVAL_THRESHOLD (read by :func:`~adldap_auth.conf.removal_threshold`)."""
+    rule = removal_threshold(threshold)
+    if force or rule is None or removing <= rule.limit(total):
+        return
+    raise RemovalRefused(
+        f"{removing} {what} would be removed, more than LDAP_SYNC_REMOVAL_THRESHOLD "
+        f"({rule.describe(total, noun)}); {outcome}. Check the directory, then run "
+        "'manage.py syncldap full --force-removals' to apply them."
+    )
 
 
 def _chunks(items: Iterable[UserRecord], size: int) -> Iterator[list[UserRecord]]:

@@ -100,7 +100,8 @@ SETTINGS: dict[str, dict] = {
             "A PEM file with the CA certificate(s) that signed the directory's certificate, used "
             "for `ldaps://` and StartTLS. `None` leaves libldap's own CA configuration "
             "(`TLS_CACERT` of `ldap.conf`) in force. The file must exist and be readable "
-            "(check `adldap_auth.E026`)."
+            "(check `adldap_auth.E026`); a file libldap cannot load (a truncated PEM) fails "
+            "runs and directory logins with \"CA file ... unusable\"."
         ),
         "example": '"/etc/ssl/certs/example-ca.pem"',
         "seed": False,
@@ -132,7 +133,9 @@ SETTINGS: dict[str, dict] = {
         "description": (
             "Make a clear-text URI (`ldap://` without `LDAP_SYNC_START_TLS`) a system check "
             "error (`adldap_auth.E027`) instead of a warning (`adldap_auth.W001`). "
-            "`manage.py` commands, `syncldap` included, then refuse to run."
+            "`manage.py` commands, `syncldap` included, then refuse to run; and every "
+            "connection (batch runs, the Celery task, the login backend, whatever "
+            "`AUTH_LDAP_SERVER_URI` says) refuses such a URI before sending anything."
         ),
         "example": "True",
         "seed": False,
@@ -360,7 +363,9 @@ SETTINGS: dict[str, dict] = {
             "The file name of a user's photo, in the `upload_to` directory of the profile's "
             "file field. `{username}` is the username made safe for a file name (at most 64 "
             "characters), `{uuid4}` a random UUID, and strftime codes (`%Y`...) are expanded "
-            "with the time of the run. No directory part is allowed (check `adldap_auth.E024`)."
+            "with the time of the run. No directory part is allowed (check `adldap_auth.E024`). "
+            "An extension that does not fit the stored image's format is replaced by its own "
+            "(`.jpg`, `.png`, `.gif`)."
         ),
         "example": '"{username}_%Y%m%d_{uuid4}.jpg"',
         "seed": True,
@@ -408,6 +413,38 @@ SETTINGS: dict[str, dict] = {
             "before the first run: identity links store its value."
         ),
         "example": '"entryUUID"',
+        "seed": False,
+    },
+    "USERNAME_STRICT": {
+        "section": "users",
+        "type": "`bool`",
+        "description": (
+            "What happens to a directory username that the username field's validators refuse "
+            "(Django's default allows only letters, digits and `@.+-_`), such as `o'neil` or "
+            "`john smith`, both valid `sAMAccountName` values. `False`: the user is synced "
+            "and can log in, and each run reports a warning; django-auth-ldap and "
+            "django-adldap-sync accept such names too. `True`: the entry is skipped and "
+            "reported, and its login is refused. Either way, a username that is too long for "
+            "the field, already used by another entry, or that contains control or invisible "
+            "format characters is skipped (see "
+            "[usernames and e-mail addresses](sync.md#usernames-and-e-mail-addresses))."
+        ),
+        "example": "True",
+        "seed": False,
+    },
+    "ADOPT_USERS": {
+        "section": "users",
+        "type": "`list[str]` (names or `fnmatch` patterns)",
+        "description": (
+            "Existing Django users that the directory may take over (adopt) even though they "
+            "are superusers, staff, or have a usable password. Without it such a user is never "
+            "adopted: the entry with that username is skipped and reported, at login too, and "
+            "the account is left exactly as it was. Usernames are compared case-insensitively; "
+            "`*`, `?` and `[...]` are patterns (`[\"*\"]` allows every user: use it for one "
+            "migration run at most). `manage.py ldaplink <username>` links one user on purpose "
+            "instead. See [adoption](security.md#adoption)."
+        ),
+        "example": '["root", "jsmith"]',
         "seed": False,
     },
     "PHOTO_MAX_BYTES": {
@@ -500,11 +537,28 @@ SETTINGS: dict[str, dict] = {
         "description": (
             "What happens to a linked Django group whose directory group is gone from the "
             "scope: `\"KEEP\"` keeps it (and its permissions) while the sync removes its "
-            "members; `\"DELETE\"` deletes it. See [groups](sync.md#groups-that-disappear)."
+            "members; `\"DELETE\"` deletes it (after `REMOVAL_GRACE` when set). Both are held "
+            "to `REMOVAL_THRESHOLD`. See [groups](sync.md#groups-that-disappear)."
         ),
         "example": '"KEEP"',
         "seed": True,
         "compat": SAME,
+    },
+    "ADOPT_GROUPS": {
+        "section": "groups",
+        "type": "`list[str]` (names or `fnmatch` patterns)",
+        "description": (
+            "Existing Django groups that a directory group of the same name may take over "
+            "(adopt). A Django group that the sync did not create (one made in the admin, with "
+            "or without permissions, or by an earlier tool) is adopted only when named here: "
+            "otherwise the directory group is skipped and reported, and the Django group, its "
+            "permissions and members are left alone (`GROUP_REMOVAL_ACTION` never deletes "
+            "it). Names are compared as Django compares them (case-sensitively); `*`, `?` and "
+            "`[...]` are patterns (`[\"*\"]` allows every group: use it for one migration run "
+            "at most). See [adoption](security.md#adoption)."
+        ),
+        "example": '["Staff", "app-*"]',
+        "seed": False,
     },
     # -- memberships -------------------------------------------------------------------------
     "GROUP_MEMBERSHIP": {
@@ -534,8 +588,9 @@ SETTINGS: dict[str, dict] = {
         "type": "`str` (an LDAP filter with `{distinguishedName}`)",
         "description": (
             "Used only when `LDAP_SYNC_GROUP_MEMBERSHIP_MODE = \"filter\"`: one search per "
-            "user, under `LDAP_SYNC_GROUP_SEARCH`, for `(&GROUP_FILTER this-filter)` with "
-            "`{distinguishedName}` replaced by the user's DN (escaped)."
+            "user in the membership scope (`LDAP_SYNC_MEMBERSHIP_SEARCH`, "
+            "`(&MEMBERSHIP_FILTER this-filter)`) with `{distinguishedName}` replaced by the "
+            "user's DN (escaped); the groups above those found count too."
         ),
         "example": '"(member:1.2.840.113556.1.4.1941:={distinguishedName})"',
         "seed": True,
@@ -545,15 +600,17 @@ SETTINGS: dict[str, dict] = {
         "section": "memberships",
         "type": "`bool`",
         "description": (
-            "Create the Django groups of `LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT` that do not "
-            "exist. `False`: a missing one is reported and not given."
+            "django-adldap-sync's meaning: every group a synced user belongs to (directly or "
+            "by nesting) under the membership scope becomes a managed Django group with its "
+            "memberships, even outside the group scope (`Domain Users`, department groups in "
+            "another OU). `False`: only the groups of the group scope are managed, but nesting "
+            "through groups outside it still counts for them "
+            "([scope rules](sync.md#group-scope-and-membership-scope)). Also creates the "
+            "groups of `LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT` that do not exist."
         ),
-        "example": "True",
+        "example": "False",
         "seed": True,
-        "compat": (
-            "Applies to the groups of `LDAP_SYNC_GROUP_MEMBERSHIP_ADD_DEFAULT`; groups outside "
-            "the group scope are not created."
-        ),
+        "compat": SAME,
     },
     "GROUP_MEMBERSHIP_ADD_DEFAULT": {
         "section": "memberships",
@@ -577,6 +634,28 @@ SETTINGS: dict[str, dict] = {
             "directories, check `adldap_auth.W005`)."
         ),
         "example": '"graph"',
+        "seed": False,
+    },
+    "MEMBERSHIP_SEARCH": {
+        "section": "memberships",
+        "type": "`str` (a DN) or `None`",
+        "description": (
+            "The base of the membership scope: every group under it counts for nesting, in "
+            "the group scope or not. `None`: `LDAP_SYNC_BIND_SEARCH`."
+        ),
+        "example": '"DC=example,DC=com"',
+        "seed": False,
+    },
+    "MEMBERSHIP_FILTER": {
+        "section": "memberships",
+        "type": "`str` (an LDAP filter) or `None`",
+        "description": (
+            "The groups of the membership scope. `None`: `LDAP_SYNC_GROUP_FILTER` when it is "
+            "one `objectClass`/`objectCategory` term (all groups of that kind), otherwise "
+            "`(|<GROUP_FILTER>(objectClass=group)(<member attribute>=*))`. It must match the "
+            "groups of the group scope too."
+        ),
+        "example": '"(objectClass=group)"',
         "seed": False,
     },
     "GROUP_MEMBER_ATTRIBUTE": {
@@ -643,14 +722,21 @@ SETTINGS: dict[str, dict] = {
     # -- safety ------------------------------------------------------------------------------
     "REMOVAL_THRESHOLD": {
         "section": "safety",
-        "type": '`int` ≥ 0, a percentage string such as `"10%"`, or `None`',
-        "description": (
-            "The most users one run may remove because they are gone from the scope; a "
-            "percentage is of the linked users not yet removed. Above it the run fails "
-            "without removing any of them, until `syncldap full --force-removals` (see "
-            "[safety](sync.md#safety)). `None`: no limit."
+        "type": (
+            '`int` ≥ 0, a percentage string such as `"10%"`, '
+            '`{"percent": p, "minimum": n, "maximum": m}` (`minimum`, `maximum` optional), '
+            "or `None`"
         ),
-        "example": '"5%"',
+        "description": (
+            "The most users, groups and memberships (each kind against its own total) one run "
+            "may remove. The default: 10% of the synced users (linked groups, memberships of "
+            "managed groups), at least 10 but never more than half of them; a count is the same "
+            "number whatever the size of the site; `\"N%\"` has no floor; `maximum` caps the "
+            "percentage. Above it the run fails without removing any of them, until `syncldap "
+            "full --force-removals`; a group read that loses too many groups fails before "
+            "anything is written (see [removal guards](security.md#guards)). `None`: no limit."
+        ),
+        "example": '{"percent": 10, "minimum": 10, "maximum": 500}',
         "seed": False,
     },
     "REMOVAL_GRACE": {
@@ -661,7 +747,9 @@ SETTINGS: dict[str, dict] = {
             "`adldap_auth.callbacks.removed_user_delete`: a user gone from the directory (or "
             "disabled) is first deactivated, and deleted by a later complete run once it has "
             "been removed for longer than this. A user who comes back in between is restored. "
-            "Deletions are counted as `users_deleted`."
+            "Deletions are counted as `users_deleted`. With `GROUP_REMOVAL_ACTION = \"DELETE\"` "
+            "the same holds for groups: kept (their members removed) and deleted once gone "
+            "longer than this (`groups_deleted`)."
         ),
         "example": "datetime.timedelta(days=30)",
         "seed": False,
@@ -690,17 +778,14 @@ SETTINGS: dict[str, dict] = {
     # -- login -------------------------------------------------------------------------------
     "LOGIN_GROUP_RESOLUTION": {
         "section": "login",
-        "type": '`"auto"`, `"in_chain"` or `"graph"`',
+        "type": '`"auto"` or `"graph"`',
         "description": (
-            "How the login backend finds the groups of a user who logs in (the result is the "
-            "batch's in every case). `\"auto\"`: on Active Directory the user's `tokenGroups` "
-            "and one search of the group scope, falling back to `\"in_chain\"` when that "
-            "cannot answer for sure; elsewhere the user's direct groups (one search) and the "
-            "nesting stored by the last batch run, or the group graph, read once and kept in "
-            "the process, before any batch run. `\"in_chain\"`: on AD one "
-            "`LDAP_MATCHING_RULE_IN_CHAIN` search (fewer round trips, more work for the "
-            "server). `\"graph\"`: always the directory's graph (nesting changes reach logins "
-            "without waiting for a batch run)."
+            "How the login backend walks up from the user's direct groups (read live, one "
+            "search); the result is the batch's in every case. `\"auto\"`: the nesting the "
+            "last batch run stored (the graph is read live before any batch run, or when a "
+            "direct group is newer). `\"graph\"`: always the graph read live, cached (nesting "
+            "changes reach logins without waiting for a batch run). `\"in_chain\"`, of "
+            "earlier versions, is read as `\"auto\"`."
         ),
         "example": '"auto"',
         "seed": False,
@@ -709,9 +794,10 @@ SETTINGS: dict[str, dict] = {
         "section": "login",
         "type": "`int` ≥ 0, seconds",
         "description": (
-            "How long a process keeps the group graph it read for logins (graph resolution "
-            "only). Group changes reach logins after at most this delay; `0` reads the graph "
-            "at every login."
+            "How long Django's cache keeps a group graph read live for logins, and the version "
+            "of the stored nesting (a batch run sets a new one at once; with a per-process "
+            "cache such as the default `LocMemCache`, other processes see it after at most "
+            "this delay). `0` reads the graph at every login."
         ),
         "example": "300",
         "seed": False,

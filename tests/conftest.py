@@ -16,3 +16,18 @@ def media(settings, tmp_path) -> Path:
     root.mkdir()
     settings.MEDIA_ROOT = str(root)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _fresh_login_graphs():
+    """Django's cache outlives each test's database: forget the nesting versions and graphs
+    that a previous test stored there."""
+    from django.core.cache import cache
+
+    from adldap_auth.nesting import forget_loaded
+
+    cache.clear()
+    forget_loaded()
+    yield
+    cache.clear()
+    forget_loaded()

@@ -2,7 +2,9 @@
 
 No ``LDAP_SYNC_*`` setting is set here: tests set the ones they need with ``override_settings``.
 ``ADLDAP_TEST_DB=postgres`` runs the suite on PostgreSQL at 127.0.0.1:5432 (database "test",
-user postgres, no password); the default is SQLite.
+user postgres, no password), ``ADLDAP_TEST_DB=mariadb`` on MariaDB/MySQL at 127.0.0.1:3306
+(database "test", user root, no password; Django's test runner creates ``test_test``); the
+default is SQLite.
 """
 
 import atexit
@@ -58,6 +60,21 @@ if os.environ.get("ADLDAP_TEST_DB") == "postgres":
             "NAME": "test",
             "USER": "postgres",
             "PASSWORD": "",
+        }
+    }
+elif os.environ.get("ADLDAP_TEST_DB") == "mariadb":
+    # The server's default collation (utf8mb4_general_ci, case-insensitive) is kept on
+    # purpose: it is what sites get, and the sync must not trip over it.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "HOST": "127.0.0.1",
+            "PORT": "3306",
+            "NAME": "test",
+            "USER": "root",
+            "PASSWORD": "",
+            "OPTIONS": {"charset": "utf8mb4"},
+            "TEST": {"CHARSET": "utf8mb4"},
         }
     }
 else:

@@ -2,8 +2,9 @@
 the test's database, and a Redis broker.
 
 * ``site_db`` (function): a database that subprocesses and the test both see. On PostgreSQL
-  (``ADLDAP_TEST_DB=postgres``) the test database itself, with ``transactional_db`` so that what
-  the test writes is committed and what subprocesses write is flushed afterwards. On SQLite a
+  and MariaDB (``ADLDAP_TEST_DB=postgres`` / ``mariadb``) the test database itself, with
+  ``transactional_db`` so that what the test writes is committed and what subprocesses write
+  is flushed afterwards. On SQLite a
   migrated *file* database of the test's own (the suite's ``:memory:`` one is private to the
   test process). ``site_db.query(sql)`` reads it with plain SQL on either.
 * ``redis_url`` (session): Redis at 127.0.0.1:6379 when it answers (CI), else a
@@ -35,13 +36,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_ENGINE_VENDORS = {
+    "django.db.backends.postgresql": "postgresql",
+    "django.db.backends.mysql": "mysql",
+}
+
+
 class Site:
     """Environment and helpers for subprocesses of a site on ``db`` (a DATABASES entry)."""
 
     def __init__(self, db: dict[str, Any], sqlite_path: Path | None = None):
         self.db = db
         self.sqlite_path = sqlite_path
-        self.vendor = "sqlite" if sqlite_path else "postgresql"
+        self.vendor = "sqlite" if sqlite_path else _ENGINE_VENDORS.get(db["ENGINE"], db["ENGINE"])
 
     def env(self, settings: dict[str, Any] | None = None, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -103,7 +110,8 @@ class Site:
             return list(cursor.fetchall())
 
     def json_value(self, value: Any) -> Any:
-        """A JSONField value as read by :meth:`query` (text on SQLite, decoded on PostgreSQL)."""
+        """A JSONField value as read by :meth:`query` (text on SQLite and MariaDB, decoded on
+    PostgreSQL)."""
         return json.loads(value) if isinstance(value, str) else value
 
 
@@ -122,11 +130,11 @@ def site_db(
 ) -> Iterator[Site]:
     from django.db import connection
 
-    if connection.vendor == "postgresql":
+    if connection.vendor != "sqlite":
         settings = connection.settings_dict
         db = {
             key: settings[key]
-            for key in ("ENGINE", "NAME", "HOST", "PORT", "USER", "PASSWORD")
+            for key in ("ENGINE", "NAME", "HOST", "PORT", "USER", "PASSWORD", "OPTIONS")
             if settings.get(key) is not None
         }
         yield Site(db)

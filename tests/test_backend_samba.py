@@ -12,10 +12,10 @@ from __future__ import annotations
 import ldap
 import pytest
 from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.models import Group
 from django.test import override_settings
 
 from adldap_auth.backends import ADLDAPBackend
-from adldap_auth.directory.decoding import sid_to_str
 from adldap_auth.login import IN_CHAIN
 from adldap_auth.models import DirectoryUser
 from adldap_auth.sync import SyncOptions, run_sync
@@ -82,10 +82,13 @@ def test_login_path_state_equals_full_sync_state_for_every_lab_user(samba_dc):
 
 
 def test_agreement_when_a_group_between_two_others_is_outside_the_scope(samba_dc):
-    """Engineering is left out of the group scope: the batch's graph does not follow it, so
-    alice (Rocket Team < Engineering < R&D...) is in Rocket Team only; the login's IN_CHAIN
-    search would see R&D, Staff and Everyone through it, and must not keep them."""
-    more = {"LDAP_SYNC_GROUP_FILTER": "(&(objectClass=group)(!(cn=Engineering)))"}
+    """Engineering is left out of the group scope (and, without CREATE_IF_NOT_EXISTS, out of
+    Django): alice (Rocket Team < Engineering < R&D...) is still in R&D, Staff and Everyone
+    through it, as the DC says, on both paths."""
+    more = {
+        "LDAP_SYNC_GROUP_FILTER": "(&(objectClass=group)(!(cn=Engineering)))",
+        "LDAP_SYNC_GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS": False,
+    }
     keys = {key: LAB_PASSWORD for key in PEOPLE}
     with override_settings(**settings_for(samba_dc, **more)):
         by_login = login_path_state(keys)
@@ -94,12 +97,10 @@ def test_agreement_when_a_group_between_two_others_is_outside_the_scope(samba_dc
         by_batch = batch_state()
     for key in PEOPLE:
         assert by_login[key] == by_batch[key], key
-    # Rocket Team's parent Engineering is under the group base but was not found: the
-    # tokenGroups answer cannot be trusted, the IN_CHAIN search answers (one more search).
-    assert spy.count == 4 and IN_CHAIN in spy.calls[3][1]
-    assert by_login["alice"]["groups"] == {"Rocket Team"} | builtin_groups(samba_dc)
-    assert {"Staff", "Everyone"} <= by_login["carol"]["groups"]  # carol is in Staff directly
-    assert "R&D" not in by_login["bob"]["groups"]  # bob is in Engineering directly
+    assert spy.count == 2  # the user, the direct groups: the graph was read by the first login
+    assert by_login["alice"]["groups"] == (ALICE_NESTED - {"Engineering"}) | builtin_groups(samba_dc)
+    assert {"R&D", "Staff"} <= by_login["bob"]["groups"]  # bob is in Engineering directly
+    assert not Group.objects.filter(name="Engineering").exists()
 
 
 def test_login_after_a_batch_run_changes_nothing(samba_dc):
@@ -117,33 +118,20 @@ def test_login_after_a_batch_run_changes_nothing(samba_dc):
 
 
 @pytest.mark.parametrize("typed", ["alice", "Alice", "alice@example.test", "EXAMPLE\\alice"])
-def test_authenticate_in_every_name_form_with_three_searches(samba_dc, typed):
-    with override_settings(**settings_for(samba_dc)), SearchSpy().active() as spy:
-        user = authenticate(username=typed, password=LAB_PASSWORD)
+def test_authenticate_in_every_name_form_with_two_searches(samba_dc, typed):
+    with override_settings(**settings_for(samba_dc)):
+        assert authenticate(username="bob", password=LAB_PASSWORD) is not None  # reads the graph
+        with SearchSpy().active() as spy:
+            user = authenticate(username=typed, password=LAB_PASSWORD)
     assert user is not None and user.username == "alice"
     assert {g.name for g in user.groups.all()} == ALICE_NESTED | builtin_groups(samba_dc)
     assert user.employee.title == "Engineer"
-    # After the bind, although alice's groups nest four deep: the user search, her
-    # tokenGroups, and one search of the group scope for those SIDs and her direct groups.
-    assert spy.count == 3, spy.calls
-    user_search, token_groups, group_search = spy.calls
+    # After the bind, although alice's groups nest four deep: the user search and one search
+    # of her direct groups; the groups above them come from the cached graph.
+    assert spy.count == 2, spy.calls
+    user_search, group_search = spy.calls
     assert user_search[0] == samba_dc.lab_dn
-    assert token_groups[0] == samba_dc.user_dn("alice") and token_groups[2] == ["tokenGroups"]
-    assert group_search[0] == samba_dc.base_dn and "(objectSid=S-1-5-" in group_search[1]
-
-
-def test_in_chain_resolution_gives_the_same_groups_in_two_searches(samba_dc):
-    more = {"LDAP_SYNC_LOGIN_GROUP_RESOLUTION": "in_chain"}
-    keys = {key: LAB_PASSWORD for key in PEOPLE}
-    with override_settings(**settings_for(samba_dc)):
-        by_auto = login_path_state(keys)
-    with override_settings(**settings_for(samba_dc, **more)):
-        by_in_chain = login_path_state(keys)
-        with SearchSpy().active() as spy:
-            assert authenticate(username="alice", password=LAB_PASSWORD) is not None
-    assert by_in_chain == by_auto
-    assert spy.count == 2
-    assert IN_CHAIN in spy.calls[1][1] and "<SID=" in spy.calls[1][1]
+    assert group_search[0] == samba_dc.base_dn and "(member=" in group_search[1]
 
 
 def test_user_principal_name_is_matched_as_such(samba_clean):
@@ -341,8 +329,8 @@ def test_rename_removal_and_return(samba_clean):
 
 
 def test_security_group_above_a_distribution_group_counts(samba_clean):
-    """tokenGroups leaves out a distribution group and what is above it; the login notices
-    the unexplained parent and asks the IN_CHAIN search, so it agrees with the batch."""
+    """tokenGroups leaves out a distribution group and what is above it; the graph does not,
+    on both paths."""
     dc = samba_clean
     conn = dc.admin_connection()
     news, club = f"CN=Newsletter,{dc.lab_dn}", f"CN=Club,{dc.lab_dn}"
@@ -358,39 +346,7 @@ def test_security_group_above_a_distribution_group_counts(samba_clean):
         by_batch = batch_state()
     assert by_login["carol"] == by_batch["carol"]
     assert {"Newsletter", "Club"} <= by_login["carol"]["groups"]
-    assert spy.count == 4 and IN_CHAIN in spy.calls[3][1]
-
-
-#: schemaIDGUID of the tokenGroups attribute.
-TOKEN_GROUPS_GUID = "b7c69e6d-2cc7-11d2-854e-00a0c983f608"
-
-
-def test_unreadable_token_groups_fall_back_to_in_chain_and_are_remembered(samba_clean):
-    """A hardened domain where the bind account cannot read tokenGroups (here: a deny ACE on
-    alice): the IN_CHAIN search answers, and later logins do not ask for tokenGroups again."""
-    import subprocess
-
-    dc = samba_clean
-    dc.admin_connection()  # marks the DC for a reset after the test
-    reader = dc.reader_connection()
-    raw_sid = reader.search_s(dc.reader_dn, ldap.SCOPE_BASE, attrlist=["objectSid"])[0][1]
-    reader_sid = sid_to_str(raw_sid["objectSid"][0])
-    subprocess.run(
-        ["samba-tool", "dsacl", "set", "-H", dc.uri, "--simple-bind-dn", dc.admin_dn,
-         "--password", dc.admin_password, "--objectdn", dc.user_dn("alice"), "--action", "deny",
-         "--sddl", f"(OD;;RP;{TOKEN_GROUPS_GUID};;{reader_sid})"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    assert "tokenGroups" not in reader.search_s(dc.user_dn("alice"), 0, attrlist=["tokenGroups"])[0][1]
-    with override_settings(**settings_for(dc)):
-        with SearchSpy().active() as first:
-            alice = authenticate(username="alice", password=LAB_PASSWORD)
-        with SearchSpy().active() as second:
-            bob = authenticate(username="bob", password=LAB_PASSWORD)
-    assert {g.name for g in alice.groups.all()} == ALICE_NESTED | builtin_groups(dc)
-    assert first.count == 3 and IN_CHAIN in first.calls[2][1]  # user, tokenGroups, IN_CHAIN
-    assert second.count == 2 and IN_CHAIN in second.calls[1][1]  # remembered
-    assert {"Engineering", "Cycle B"} <= {g.name for g in bob.groups.all()}
+    assert spy.count == 2
 
 
 def test_password_change_in_the_directory(samba_clean):

@@ -239,9 +239,18 @@ ROWS = [
         "skipped: username is 151 characters long, more than the 150 allowed by username",
     ),
     Row(
-        "username the User model refuses",
+        "username the User model refuses, strict",
         lambda s: add_user(s, f"uid=bad name!,{PEOPLE}", uid=b"bad name!"),
-        "skipped: username 'bad name!' is refused by the validators of username",
+        "skipped: username 'bad name!' is refused by the validators of username "
+        "(LDAP_SYNC_USERNAME_STRICT)",
+        settings={"LDAP_SYNC_USERNAME_STRICT": True},
+    ),
+    Row(
+        "username the User model refuses (synced)",
+        lambda s: add_user(s, f"uid=bad name!,{PEOPLE}", uid=b"bad name!"),
+        "username 'bad name!' is refused by the validators of username; synced anyway",
+        kind="warnings",
+        created=frozenset({"bad name!"}),
     ),
     Row(
         "username with a control character",

@@ -346,6 +346,7 @@ def steal_the_lock(user, attributes, created, updated) -> None:
         SyncLock.objects.update(owner="1@elsewhere#m#t", heartbeat_at=timezone.now())
 
 
+@pytest.mark.django_db(transaction=True)  # callbacks and signals fire on commit
 def test_a_run_that_loses_its_lock_stops_and_records_itself_as_failed(make_slapd, monkeypatch):
     monkeypatch.setattr("adldap_auth.locking.HEARTBEAT_INTERVAL", 0)
     server = make_slapd(spec=synthetic(users=12, groups=2, seed=5))

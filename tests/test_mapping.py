@@ -31,6 +31,7 @@ from adldap_auth.mapping import (
     entry_from_attrs,
     fieldcase,
     group_attribute_list,
+    is_email_address,
     join_values,
     map_group,
     map_user,
@@ -261,6 +262,82 @@ def test_invalid_email_clears_the_field(mail):
     assert "email cleared" in record.problems[0]
 
 
+@pytest.mark.parametrize(
+    "mail",
+    [
+        "zoë.müller@example.com",  # RFC 6531 local part
+        "Zoë.Müller@Bücher.Example",  # kept as held: no case or Unicode normalisation
+        "josé@bücher.example",
+        "用户@例子.广告",
+        "δοκιμή@παράδειγμα.δοκιμή",
+        "θ+tag@example.com",
+    ],
+)
+def test_internationalised_email_is_kept_as_the_directory_holds_it(mail):
+    """Issue 13 #5: Django's validate_email refuses non-ASCII local parts."""
+    record = map_user(user_entry(mail=mail), make_config())
+    assert record.fields["email"] == mail
+    assert record.problems == []
+
+
+@pytest.mark.parametrize(
+    "mail",
+    [
+        "alice@example.com",
+        "o'neil+tag@example.com",
+        '"o..neil"@example.com',  # Django's quoted-string rule, unchanged
+        "root@localhost",
+        "ops@[192.0.2.1]",
+        "a@bücher.example",  # IDN domain
+        "a@xn--bcher-kva.example",  # the same, punycoded
+        "zoë.müller@example.com",
+        "zoë.müller@bücher.example",
+        "用户@例子.广告",
+        "ü@example.com",  # one-character local part
+        "zoë!#$%&'*+-/=?^_`{|}~@example.com",  # every atext symbol
+        "محمد@example.com",
+        "pelé\u200d@example.com",  # a format character (ZWJ) is allowed in an address
+    ],
+)
+def test_is_email_address_accepts(mail):
+    assert is_email_address(mail)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "not an address",
+        "Zoë Müller",
+        "zoë.müller",  # no @
+        "@example.com",  # empty local part
+        "zoë@",  # empty domain
+        "a@b@c",
+        "zoë@müller@example.com",  # two @
+        "zoë müller@example.com",  # space
+        "zoë\u00a0müller@example.com",  # no-break space (Zs)
+        "zoë\u2028m@example.com",  # line separator (Zl)
+        "zoë\tm@example.com",  # control
+        "zoë\x85m@example.com",  # C1 control
+        "zoë..müller@example.com",  # empty atom
+        ".zoë@example.com",
+        "zoë.@example.com",
+        'zoë"@example.com',  # ASCII specials outside atext
+        "zoë(comment)@example.com",
+        '"zoë m"@example.com',  # quoted non-ASCII local part: not accepted
+        "zoë@exa mple.com",
+        "zoë@example..com",
+        "zoë@-bücher.example",  # label starting with a hyphen
+        "zoë@bücher",  # single label (only localhost is allowed)
+        "a@" + "ü" * 60 + ".example",  # label over 63 characters once punycoded
+        "zoë@bü\ufffdcher.example",  # character that IDNA prohibits
+        "zoë@bücher.example" + ".a" * 160,  # over 320 characters
+    ],
+)
+def test_is_email_address_refuses(value):
+    assert not is_email_address(value)
+
+
 def test_email_is_stripped_and_first_value_used():
     record = map_user(user_entry(mail=[" a@example.com ", "b@example.com"]), make_config())
     assert record.fields["email"] == "a@example.com"
@@ -303,10 +380,44 @@ def test_too_long_username_skips_and_is_not_truncated():
     assert not caught.value.exempt
 
 
-@pytest.mark.parametrize("name", ["john doe", "a/b", "../../etc/passwd", "semi;colon"])
-def test_username_refused_by_the_validator_skips(name):
-    with pytest.raises(SkipEntry, match="validators"):
-        map_user(user_entry(sAMAccountName=name), make_config())
+@pytest.mark.parametrize("name", ["john doe", "a/b", "../../etc/passwd", "semi;colon", "o'neil"])
+def test_username_refused_by_the_validator_skips_when_strict(name):
+    with pytest.raises(SkipEntry, match=r"validators of username \(LDAP_SYNC_USERNAME_STRICT\)"):
+        map_user(user_entry(sAMAccountName=name), make_config(username_strict=True))
+
+
+@pytest.mark.parametrize("name", ["o'neil", "john doe", "a/b", "../../etc/passwd", "semi;colon"])
+def test_username_refused_by_the_validator_is_synced_with_a_problem(name):
+    """Issue 13 #4: a valid directory name that fits the column is synced (not strict by
+    default), and the refusal is reported."""
+    record = map_user(user_entry(sAMAccountName=name), make_config())
+    assert record.username == name
+    assert record.fields["username"] == name
+    assert record.problems == [
+        f"username {name!r} is refused by the validators of username; synced anyway "
+        "(LDAP_SYNC_USERNAME_STRICT is False)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nel\x85line",  # C1 control (NEL)
+        "csi\x9b",  # C1 control
+        "evil\u202etxt.exe",  # right-to-left override
+        "zero\u200bwidth",  # zero-width space
+        "soft\u00adhyphen",  # soft hyphen (Cf)
+        "line\u2028sep",  # line separator (Zl)
+        "para\u2029sep",  # paragraph separator (Zp)
+    ],
+)
+@pytest.mark.parametrize("strict", [False, True])
+def test_username_with_c1_controls_or_invisible_characters_skips(name, strict):
+    """Not strict, the validators no longer guard against these: look-alike names are still
+    refused, whatever the setting, before the validators run."""
+    with pytest.raises(SkipEntry, match="control characters|invisible format") as caught:
+        map_user(user_entry(sAMAccountName=name), make_config(username_strict=strict))
+    assert "validators" not in str(caught.value)
 
 
 def test_username_with_control_characters_skips_even_without_validator():
@@ -454,13 +565,12 @@ def test_absent_photo_means_remove():
     assert record.photos == {"testapp.Employee": {"thumbnailphoto": None}}
 
 
-def test_rejected_photo_leaves_the_field_unchanged():
+def test_photo_bytes_are_passed_on_undecoded():
+    """The store checks a photo only when its digest changed (tests/test_security_photos.py):
+    the mapper neither decodes nor rejects it."""
     record = map_user(user_entry(thumbnailPhoto=b"not an image"), make_config())
-    assert record.photos == {"testapp.Employee": {}}
-    assert record.fields["username"] == "alice"  # the user is still synced
-    assert re.match(
-        r"attribute thumbnailphoto rejected \(.+\); thumbnailphoto left", record.problems[0]
-    )
+    assert record.photos == {"testapp.Employee": {"thumbnailphoto": b"not an image"}}
+    assert record.fields["username"] == "alice" and record.problems == []
 
 
 def test_profile_without_matching_fields():
@@ -652,8 +762,10 @@ def test_normalize_dn_never_raises(text):
 
 
 @pytest.mark.parametrize("data", [JPEG, PNG, GIF], ids=["jpeg", "png", "gif"])
-def test_valid_photos_are_returned_unchanged(data):
-    assert validate_photo(data, 100_000, 1_000_000) is data
+def test_valid_photos_are_returned_reencoded_in_their_format(data):
+    photo = validate_photo(data, 100_000, 1_000_000)
+    assert photo.format == Image.open(io.BytesIO(data)).format
+    assert Image.open(io.BytesIO(photo.data)).size == Image.open(io.BytesIO(data)).size
 
 
 def test_oversized_photo_bytes():
@@ -710,7 +822,7 @@ def test_photo_over_the_pixel_limit():
         validate_photo(png_declaring(5000, 5000), 100_000, 4096 * 4096)
     with pytest.raises(PhotoError, match="pixels"):
         validate_photo(PNG, 100_000, 32 * 24 - 1)
-    assert validate_photo(PNG, 100_000, 32 * 24) is PNG
+    assert validate_photo(PNG, 100_000, 32 * 24).format == "PNG"
 
 
 # -- photo file names -------------------------------------------------------------------------
@@ -787,9 +899,18 @@ def test_build_mapping_config_defaults(settings):
     assert config.profiles == ()
     assert config.photo_name_template == "{username}_{uuid4}.jpg"
     assert config.photo_max_bytes == 5 * 1024 * 1024
-    with pytest.raises(SkipEntry, match="validators"):
-        map_user(user_entry(sAMAccountName="a b"), config)
+    assert config.username_strict is False
+    record = map_user(user_entry(sAMAccountName="o'neil"), config)  # the model's validators
+    assert record.username == "o'neil" and "refused by the validators" in record.problems[0]
     assert build_mapping_config(is_ad=False).identity_attribute == "entryuuid"
+
+
+def test_build_mapping_config_username_strict(settings):
+    settings.LDAP_SYNC_USERNAME_STRICT = True
+    config = build_mapping_config(is_ad=True)
+    assert config.username_strict is True
+    with pytest.raises(SkipEntry, match=r"validators of username \(LDAP_SYNC_USERNAME_STRICT\)"):
+        map_user(user_entry(sAMAccountName="o'neil"), config)
 
 
 def test_build_mapping_config_auto_identity_needs_is_ad():

@@ -36,6 +36,7 @@ def received():
         getattr(signals, name).disconnect(receiver)
 
 
+@pytest.mark.django_db(transaction=True)  # callbacks and signals fire on commit
 def test_signals_of_created_updated_removed_users_groups_and_finished_runs(make_slapd, received):
     server = make_slapd(spec=small_company())
     with override_settings(**slapd_settings(server, LDAP_SYNC_REMOVAL_THRESHOLD=None)):

@@ -24,6 +24,7 @@ import ldap
 from ldap.controls import SimplePagedResultsControl
 from ldap.ldapobject import LDAPObject
 
+from ..conf import sync_settings
 from . import DirectoryError, DirectoryTLSError, DirectoryUnavailable, Entry, IncompleteRead
 from .decoding import domain_sid_and_rid, guid_to_str, sid_to_str
 
@@ -63,6 +64,9 @@ class ConnectionConfig:
     network_timeout: float = 5.0
     operation_timeout: float = 60.0
     page_size: int = 200
+    #: ``LDAP_SYNC_REQUIRE_TLS``: refuse any clear-text URI (ldap:// without StartTLS) before
+    #: connecting, so the bind password never crosses the network in clear text.
+    require_tls: bool = False
     #: When set, multi-valued attributes named in ``ranged`` searches are requested in explicit
     #: ranges of this size (Windows AD does this by itself above MaxValRange=1500; Samba only
     #: when asked, which is how tests exercise the code path).
@@ -121,6 +125,67 @@ def _error_text(error: ldap.LDAPError) -> str:
 def _uses_tls(uri: str, config: ConnectionConfig) -> bool:
     scheme = urlsplit(uri).scheme.lower()
     return scheme == "ldaps" or (scheme == "ldap" and config.start_tls)
+
+
+def split_uris(uris: str | Iterable[str]) -> list[str]:
+    """The URIs of a list, or of a string as libldap reads it (separated by spaces or commas)."""
+    if isinstance(uris, str):
+        uris = [uris]
+    return [part for uri in uris for part in re.split(r"[\s,]+", uri.strip()) if part]
+
+
+def clear_text_refusal(uris: str | Iterable[str], start_tls: bool) -> str | None:
+    """Why ``LDAP_SYNC_REQUIRE_TLS`` refuses these URIs, or None when every one uses TLS.
+
+    A URI is clear text when its scheme is ``ldap`` and StartTLS is off (the rule of check
+    ``adldap_auth.E027``). The whole list is refused, not only that URI: the configuration
+    needs a fix, and a failover must never be what decides whether the password is sent in
+    clear text.
+    """
+    if start_tls:
+        return None
+    clear = [uri for uri in split_uris(uris) if urlsplit(uri).scheme.lower() == "ldap"]
+    if not clear:
+        return None
+    return (
+        f"clear-text URI {clear[0]!r} refused: LDAP_SYNC_REQUIRE_TLS is True and StartTLS is "
+        "off (use ldaps:// or LDAP_SYNC_START_TLS = True); nothing was sent to the server"
+    )
+
+
+def ca_file_problem(ca_file: str) -> str | None:
+    """What makes ``ca_file`` unusable as a PEM CA file, or None when Python's ssl loads it.
+
+    Used to explain libldap's refusal (python-ldap says only "option error") and by the
+    system check, which runs without the network.
+    """
+    try:
+        with open(ca_file, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    begins = data.count(b"-----BEGIN CERTIFICATE-----")
+    if not begins:
+        return "holds no PEM certificate (-----BEGIN CERTIFICATE----- not found)"
+    if begins != data.count(b"-----END CERTIFICATE-----"):
+        return "holds a truncated PEM certificate (a BEGIN CERTIFICATE line without its END line)"
+    try:
+        ssl.create_default_context(cafile=ca_file)
+    except (ssl.SSLError, ValueError) as error:
+        return f"is not a valid PEM certificate file ({getattr(error, 'reason', None) or error})"
+    return None
+
+
+def tls_settings_refused(ca_file: str | None) -> str:
+    """The error when libldap refuses the TLS settings (``OPT_X_TLS_NEWCTX`` raises
+    ``ValueError: option error``), naming the CA file and, when it finds one, its problem."""
+    if not ca_file:
+        return (
+            "libldap refused its TLS settings: its default CA certificates (TLS_CACERT in "
+            "ldap.conf) are unusable; set LDAP_SYNC_CA_FILE"
+        )
+    problem = ca_file_problem(ca_file) or "libldap cannot load it"
+    return f"CA file {ca_file} unusable: {problem} (LDAP_SYNC_CA_FILE)"
 
 
 def _await_tls_handshake(uri: str, timeout: float) -> None:
@@ -237,9 +302,17 @@ class DirectorySession:
 
     @classmethod
     def open(cls, config: ConnectionConfig) -> DirectorySession:
-        """Connect and bind to the first URI that answers; raise if none does."""
+        """Connect and bind to the first URI that answers; raise if none does.
+
+        Raises :class:`DirectoryTLSError`, before any connection, for a clear-text URI under
+        ``config.require_tls``, and at the first URI for a CA file libldap cannot use.
+        """
         if not config.uris:
             raise DirectoryUnavailable("no directory URI configured")
+        if config.require_tls:
+            refusal = clear_text_refusal(config.uris, config.start_tls)
+            if refusal:
+                raise DirectoryTLSError(refusal)
         failures: list[str] = []
         tls_failed = False
         for uri in config.uris:
@@ -291,7 +364,10 @@ class DirectorySession:
                 ldap.OPT_X_TLS_DEMAND if config.require_cert else ldap.OPT_X_TLS_NEVER,
             )
             # Options above apply only to a new TLS context; this must come last.
-            connection.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
+            try:
+                connection.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
+            except ValueError:  # python-ldap's "option error": e.g. a truncated CA file
+                raise DirectoryTLSError(tls_settings_refused(config.ca_file)) from None
         if config.start_tls and urlsplit(uri).scheme.lower() == "ldap":
             # start_tls_s() is synchronous, bounded by OPT_TIMEOUT: the network timeout here,
             # so a silent server fails over as fast as one that refuses connections.
@@ -497,3 +573,21 @@ def _page_cookie(controls: list) -> bytes | None:
 def _scrubbed(error: ldap.LDAPError) -> DirectoryError:
     """A chained cause that keeps the server's words but none of python-ldap's call arguments."""
     return DirectoryError(_error_text(error))
+
+
+def connection_config() -> ConnectionConfig:
+    """The directory connection described by the ``LDAP_SYNC_*`` settings."""
+    s = sync_settings
+    return ConnectionConfig(
+        uris=tuple(s.bind_uris),
+        bind_dn=s.BIND_DN or "",
+        bind_password=s.BIND_PASS or "",
+        start_tls=s.START_TLS,
+        ca_file=s.CA_FILE,
+        require_cert=s.REQUIRE_CERT,
+        network_timeout=float(s.NETWORK_TIMEOUT),
+        operation_timeout=float(s.OPERATION_TIMEOUT),
+        page_size=int(s.BIND_PAGESIZE),
+        range_size=s.RANGE_SIZE,
+        require_tls=s.REQUIRE_TLS is True,
+    )
