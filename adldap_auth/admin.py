@@ -4,20 +4,25 @@
   status, mode and dry run; the detail page shows the error text and the per-entry problems the
   run kept (at most ``store.MAX_PROBLEMS``; all of them are in the log).
 - **Incremental markers** (read-only): where the next incremental run of each server starts.
-- **Users**: the user admin registered for ``AUTH_USER_MODEL`` (Django's, or the site's own) is
-  extended, not replaced: a read-only "directory identity" inline (GUID, DN, last changed,
-  source server, removal state) and the action "Sync these users now from the directory"
-  (:func:`adldap_auth.resync.sync_users_now`, needs the change permission on users).
+- **Users**: a read-only "directory identity" inline (GUID, DN, last changed, source server,
+  removal state) and the action "Sync these users now from the directory"
+  (:func:`adldap_auth.resync.sync_users_now`, needs the change permission on users), both
+  from :class:`DirectoryUserAdminMixin`.
 
-The extension happens when this module is imported by the admin's autodiscovery, or else in
-``AppConfig.ready()``. A site that registers its user admin later, or on its own admin site,
-adds :class:`DirectoryUserAdminMixin` to its class (first in the bases) instead.
+When the user model's admin is Django's stock ``UserAdmin``, it is registered again as
+:class:`DirectoryUserAdmin` (the stock class with the mixin) when this module is imported by the
+admin's autodiscovery, or else in ``AppConfig.ready()``. A site with a user admin class of its
+own, or an admin site of its own, adds :class:`DirectoryUserAdminMixin` to its class (first in
+the bases): its class is never replaced.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.utils.html import format_html, format_html_join
 
 from .models import DirectoryUser, SyncMarker, SyncRun
@@ -189,7 +194,24 @@ def sync_users_now(modeladmin, request, queryset) -> None:
 
 
 class DirectoryUserAdminMixin:
-    """Adds the directory identity inline and the "sync now" action to a user admin class."""
+    """Adds the directory identity inline and the "sync now" action to a user admin class.
+
+    For a site's own user admin (first in the bases)::
+
+        @admin.register(get_user_model())
+        class SiteUserAdmin(DirectoryUserAdminMixin, UserAdmin): ...
+
+    Only public ``ModelAdmin`` API is used (``get_inlines()``, the ``actions`` list), so the
+    class's own inlines and actions are kept.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The action joins the class's own ``actions`` on the instance (``None``, actions
+        # disabled, stays so): ``get_actions()`` is not overridden, its signature and return
+        # values differ between Django versions.
+        if self.actions is not None and sync_users_now not in self.actions:
+            self.actions = [*self.actions, sync_users_now]
 
     def get_inlines(self, request, obj):
         inlines = list(super().get_inlines(request, obj))
@@ -197,38 +219,32 @@ class DirectoryUserAdminMixin:
             inlines.append(DirectoryIdentityInline)
         return inlines
 
-    def get_actions(self, request):
-        actions = super().get_actions(request)
-        if self.has_change_permission(request) and "sync_users_now" not in actions:
-            actions["sync_users_now"] = (
-                sync_users_now,
-                "sync_users_now",
-                sync_users_now.short_description,
-            )
-        return actions
-
 
 def extend_user_admin(site: admin.AdminSite | None = None) -> bool:
-    """Re-register the site's user admin with :class:`DirectoryUserAdminMixin` (once).
+    """Register Django's stock ``UserAdmin`` again with :class:`DirectoryUserAdminMixin`.
 
-    Returns False when no admin is registered for the user model yet.
+    Only when the user model's admin on ``site`` (default: ``admin.site``) is exactly
+    ``django.contrib.auth.admin.UserAdmin``: a site's own user admin class is the site's to
+    extend (with the mixin), never replaced behind its back. Returns whether the registered
+    user admin now has the mixin. Uses the admin site's public API only
+    (``is_registered``, ``get_model_admin``, ``unregister``, ``register``).
     """
     site = site or admin.site
     User = get_user_model()
-    current = site._registry.get(User)
-    if current is None:
+    if not site.is_registered(User):
         return False
+    current = site.get_model_admin(User)
     if isinstance(current, DirectoryUserAdminMixin):
         return True
-    base = type(current)
-    extended = type(
-        base.__name__,
-        (DirectoryUserAdminMixin, base),
-        {"__module__": base.__module__, "__doc__": base.__doc__},
-    )
+    if type(current) is not UserAdmin:
+        return False
     site.unregister(User)
-    site.register(User, extended)
+    site.register(User, DirectoryUserAdmin)
     return True
+
+
+class DirectoryUserAdmin(DirectoryUserAdminMixin, UserAdmin):
+    """Django's ``UserAdmin`` with the directory identity inline and the "sync now" action."""
 
 
 extend_user_admin()

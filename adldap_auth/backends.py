@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -78,6 +79,7 @@ from django_auth_ldap.backend import LDAPBackend
 from django_auth_ldap.config import LDAPGroupType, LDAPSearch
 
 from .conf import sync_settings
+from .dbwrite import retry_locked
 from .directory import DirectoryError, Entry
 from .directory.connection import (
     DirectorySession,
@@ -195,6 +197,10 @@ class DirectoryUserSearch(LDAPSearch):
     matched by its local part and, on AD, as a userPrincipalName), every value escaped.
     Results are django-auth-ldap's (lower-case DN, decoded values), and each attribute dict
     also carries the raw entry (exact DN, bytes) for the mapper, as ``attrs.entry``.
+
+    Only django-auth-ldap's public ``execute`` is overridden. Inside an ``LDAPSearchUnion``
+    (which drives its searches through private methods) it is a plain ``LDAPSearch`` of
+    ``filterstr``: the typed name as is, and the backend reads the entry once more.
     """
 
     def __init__(
@@ -248,24 +254,6 @@ class DirectoryUserSearch(LDAPSearch):
                 "; ".join(dn for dn, _attrs in results[:5]),
             )
         return results
-
-    def _begin(self, connection: Any, filterargs: Any = (), escape: bool = True) -> int | None:
-        filterstr = self.filter_for(self._login(filterargs))
-        try:
-            return connection.search(self.base_dn, self.scope, filterstr, self.attrlist)
-        except ldap.LDAPError as error:
-            logger.error("user search %r failed: %s", filterstr, error)
-            return None
-
-    def _results(self, connection: Any, msgid: int) -> list:
-        try:
-            kind, results = connection.result(msgid)
-            if kind not in (ldap.RES_SEARCH_ENTRY, ldap.RES_SEARCH_RESULT):
-                results = []
-        except ldap.LDAPError as error:
-            logger.error("user search result failed: %s", error)
-            results = []
-        return self._process(results)
 
     @staticmethod
     def _process(results: list) -> list[tuple[str, DirectoryAttrs]]:
@@ -468,11 +456,12 @@ class ADLDAPBackend(LDAPBackend):
     def populate_user(self, username):
         """Create or update a Django user from the directory without a password (the
         django-auth-ldap API), through the same mapper and store as a login."""
-        if self.uses_sync_settings():
-            username = self._login_name(username)
-            if username is None:
-                return None
-        return super().populate_user(username)
+        if not self.uses_sync_settings():
+            return super().populate_user(username)
+        username = self._login_name(username)
+        if username is None:
+            return None
+        return retry_locked(partial(super().populate_user, username), f"populate of {username}")
 
     def _login_name(self, username: str) -> str | None:
         login = normalize_login_name(username)
@@ -488,6 +477,18 @@ class ADLDAPBackend(LDAPBackend):
         return login
 
     # -- django-auth-ldap hooks ---------------------------------------------------------------
+
+    def authenticate_ldap_user(self, ldap_user, password):
+        """django-auth-ldap's login, started again while a write meets a lock conflict
+        (:func:`~adldap_auth.dbwrite.retry_locked`): after our writes, django-auth-ldap saves
+        the user itself (``user.save()``), which on SQLite waits for a batch run's write
+        transaction no longer than the busy timeout."""
+        if not self.uses_sync_settings():
+            return super().authenticate_ldap_user(ldap_user, password)
+        return retry_locked(
+            partial(super().authenticate_ldap_user, ldap_user, password),
+            f"directory login of {ldap_user._username!r}",
+        )
 
     def get_or_build_user(self, username, ldap_user):
         """Write the entry's user through the store and return ``(user, False)``.

@@ -215,6 +215,31 @@ E027 = Check(
     "LDAP_SYNC_START_TLS is not.",
     "Use ldaps:// or set LDAP_SYNC_START_TLS = True.",
 )
+E028 = Check(
+    "adldap_auth.E028", E, "LDAP_SYNC_USER_PROFILE_ATTRIBUTES is not a dict of attribute maps.",
+    "{setting} {detail}.",
+    'Example: {setting} = {{"people.Employee": {{"telephoneNumber": "phone", '
+    '"physicalDeliveryOfficeName": "office"}}}}',
+)
+E029 = Check(
+    "adldap_auth.E029", E,
+    "LDAP_SYNC_USER_PROFILE_ATTRIBUTES names a model that is not a profile being synced.",
+    "{setting} {detail}.",
+    'Name each model as "app_label.ModelName", and list it in LDAP_SYNC_USER_EXTRA_PROFILES.',
+)
+E030 = Check(
+    "adldap_auth.E030", E,
+    "LDAP_SYNC_USER_PROFILE_ATTRIBUTES maps to a field the sync cannot write.",
+    "{setting} {detail}.",
+    "Map each attribute to a char or text field of the profile model, or a photo attribute "
+    "(thumbnailPhoto, jpegPhoto) to a file or image field.",
+)
+E031 = Check(
+    "adldap_auth.E031", E,
+    "LDAP_SYNC_USER_PROFILE_ATTRIBUTES fills one field twice or lists an attribute twice.",
+    "{setting} {detail}.",
+    "Keep one attribute per field; attribute names are compared ignoring case.",
+)
 
 W001 = Check(
     "adldap_auth.W001", W, "A clear-text ldap:// URI without StartTLS.",
@@ -279,6 +304,12 @@ W010 = Check(
     "account's privileges: {error}.",
     "Check LDAP_SYNC_BIND_URI, LDAP_SYNC_BIND_DN and LDAP_SYNC_BIND_PASS; "
     "'manage.py syncldap --dry-run' reports the same error.",
+)
+W011 = Check(
+    "adldap_auth.W011", W, "A mapped attribute is not in the directory's schema (deploy check).",
+    "{setting} maps {attribute!r}, which is not an attribute type of the directory's schema, so "
+    "its field would stay empty.",
+    "Check the spelling against the server's schema; a batch run reports the same warning.",
 )
 
 #: Every check id with a short description, in id order (for the documentation).
@@ -771,6 +802,19 @@ def _profiles(name: str, value: Any) -> list[Message]:
     return found
 
 
+_PROFILE_MAP_CHECKS = {"type": E028, "model": E029, "field": E030, "duplicate": E031}
+
+
+def _profile_attributes(name: str, value: Any) -> list[Message]:
+    from .mapping import read_profile_attributes
+
+    labels = sync_settings.USER_EXTRA_PROFILES
+    if _list_problem(labels) is not None:
+        labels = []  # E008 under LDAP_SYNC_USER_EXTRA_PROFILES
+    _maps, problems = read_profile_attributes(value, labels)
+    return [_PROFILE_MAP_CHECKS[p.kind](_full(name), detail=p.detail) for p in problems]
+
+
 def _user_link(model: Any) -> Any:
     """The OneToOneField ``user`` of a profile model, or None."""
     from django.core.exceptions import FieldDoesNotExist
@@ -1022,6 +1066,7 @@ VALIDATORS: dict[str, Callable[[str, Any], list[Message]]] = {
     "USER_ATTRIBUTES": _user_attributes,
     "USER_EXTRA_ATTRIBUTES": _str_list,
     "USER_EXTRA_PROFILES": _profiles,
+    "USER_PROFILE_ATTRIBUTES": _profile_attributes,
     "USER_CHANGE_FIELDCASE": _choice(None, "lower", "upper"),
     "MULTIVALUE_SEPARATOR": _string(),
     "USER_EXEMPT_FROM_SYNC": _str_list,
@@ -1155,8 +1200,9 @@ def check_security(app_configs: Any = None, **kwargs: Any) -> list[Message]:
 # ============================================================================================
 #
 # Registered with ``deploy=True``, so only ``manage.py check --deploy`` runs them (never a plain
-# ``manage.py check``, ``runserver`` or ``migrate``). The sync logs the same warning at the
-# start of every batch run (:meth:`adldap_auth.sync.SyncEngine._warn_if_privileged`).
+# ``manage.py check``, ``runserver`` or ``migrate``). The sync logs the same warnings at the
+# start of every batch run (:meth:`adldap_auth.sync.SyncEngine._warn_if_privileged` and
+# :meth:`~adldap_auth.sync.SyncEngine._warn_unknown_attributes`).
 
 #: Settings that must be valid before the deploy check can open a connection.
 _CONNECTION_SETTINGS = (
@@ -1187,3 +1233,45 @@ def check_bind_privileges(app_configs: Any = None, **kwargs: Any) -> list[Messag
     if not groups:
         return []
     return [W009(_full("BIND_DN"), account=sync_settings.BIND_DN, groups=", ".join(groups))]
+
+
+#: Settings that must be valid before the deploy check can build the attribute mapping.
+_MAPPING_SETTINGS = (
+    "USER_ATTRIBUTES", "USER_EXTRA_ATTRIBUTES", "USER_EXTRA_PROFILES",
+    "USER_PROFILE_ATTRIBUTES", "USER_CHANGE_FIELDCASE", "USERNAME_FIELD", "IDENTITY_ATTRIBUTE",
+    "GROUP_ATTRIBUTES",
+)  # fmt: skip
+
+
+@checks.register(TAG, deploy=True)
+def check_schema_attributes(app_configs: Any = None, **kwargs: Any) -> list[Message]:
+    """W011 for each attribute mapped to a user or profile field that the directory's schema
+    (its subschema entry, read once) does not define, as a batch run warns. Nothing when the
+    settings have errors, the bind fails (W010 says so) or the server publishes no schema."""
+    if not in_use():
+        return []
+    for name in (*_CONNECTION_SETTINGS, *_MAPPING_SETTINGS):
+        if any(m.level >= checks.ERROR for m in VALIDATORS[name](name, _value(name))):
+            return []
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .directory import DirectoryError
+    from .directory.connection import DirectorySession, connection_config
+    from .mapping import build_mapping_config, unknown_schema_attributes
+
+    try:
+        with DirectorySession.open(connection_config()) as session:
+            root = session.root_dse()
+            schema = session.attribute_types(root.subschema_subentry)
+    except DirectoryError:
+        return []  # check_bind_privileges reports it (W010)
+    if schema is None:
+        return []
+    try:
+        config = build_mapping_config(is_ad=root.is_ad)
+    except (ImproperlyConfigured, ValueError):
+        return []
+    return [
+        W011(setting, attribute=attribute)
+        for setting, attribute in unknown_schema_attributes(config, schema)
+    ]

@@ -59,6 +59,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "USER_EXTRA_ATTRIBUTES": ["userAccountControl"],
     "USER_EXTRA_PROFILES": [],
+    # Per profile model, {"telephoneNumber": "phone", ...}: attribute -> field. A profile listed
+    # here is filled from its map only; the others by the seed's rule (fields named like the
+    # attributes, after USER_CHANGE_FIELDCASE).
+    "USER_PROFILE_ATTRIBUTES": {},
     "USER_CHANGE_FIELDCASE": "lower",
     "MULTIVALUE_SEPARATOR": "|",
     "USER_EXEMPT_FROM_SYNC": ["admin", "administrator", "administrador", "guest"],

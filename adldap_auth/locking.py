@@ -55,6 +55,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 from django.db import IntegrityError, connections, router, transaction
+from django.db.utils import load_backend
 from django.utils import timezone
 
 from .conf import sync_settings
@@ -415,10 +416,17 @@ class RunLock:
         return connections[self.using].vendor == "postgresql"
 
     def _open_session(self):
-        """A new connection with the same settings as ``using`` (the test database in tests)."""
-        template = connections[self.using]
-        session = type(template)(copy.deepcopy(template.settings_dict), self.using)
-        session.settings_dict["CONN_MAX_AGE"] = 0
+        """A new connection with the same settings as ``using`` (the test database in tests).
+
+        Built as Django builds every connection: the ``DatabaseWrapper`` of the ``ENGINE``
+        (``load_backend``), given a copy of the alias's settings and the alias. That class name
+        and its ``(settings_dict, alias)`` signature are the contract of every database backend,
+        Django's and third-party ones; ``connections`` keeps one connection per alias and
+        thread, so it cannot give a second one.
+        """
+        settings_dict = copy.deepcopy(connections[self.using].settings_dict)
+        settings_dict["CONN_MAX_AGE"] = 0
+        session = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, self.using)
         session.ensure_connection()
         session.set_autocommit(True)
         return session

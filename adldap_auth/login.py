@@ -45,10 +45,11 @@ Writes (:func:`write_user`)
     profiles, and writes nothing but django-auth-ldap's own ``user.save()``. A batch run (or
     another login) writing the same rows at the same moment makes one of them fail on a
     unique constraint; the login then starts again from the database's new state, up to
-    :data:`WRITE_ATTEMPTS` times, so no ``IntegrityError`` reaches the login view. A write
-    that meets a lock conflict (SQLite's "database is locked" while a batch transaction is
-    open, a deadlock) starts again after a growing pause, for at most
-    :data:`LOCKED_RETRY_SECONDS` (outside a transaction of the caller only).
+    :data:`WRITE_ATTEMPTS` times, so no ``IntegrityError`` reaches the login view. Each write
+    transaction takes SQLite's write lock first, waiting for the busy timeout
+    (:func:`adldap_auth.dbwrite.write_transaction`); a write that still meets a lock conflict
+    (a wait beyond the busy timeout, a deadlock) starts again after a growing pause, for at
+    most :data:`LOCKED_RETRY_SECONDS` (outside a transaction of the caller only).
 """
 
 from __future__ import annotations
@@ -69,12 +70,19 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.signals import setting_changed
-from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db import DatabaseError, IntegrityError, connections, router
 from django.dispatch import receiver
 from ldap.filter import escape_filter_chars
 
 from .callbacks import resolve_callback
 from .conf import PREFIX, default_group_names, sync_settings
+from .dbwrite import (
+    LOCKED_FIRST_PAUSE,
+    LOCKED_MAX_PAUSE,
+    LOCKED_RETRY_SECONDS,
+    lock_conflict,
+    write_transaction,
+)
 from .directory import DirectoryError, Entry
 from .directory.connection import DirectorySession
 from .directory.readers import Scope, and_filter, member_filter, read_entries
@@ -118,12 +126,6 @@ _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 IN_CHAIN = "1.2.840.113556.1.4.1941"
 #: How many times a login re-reads the database after losing a race with another writer.
 WRITE_ATTEMPTS = 3
-#: A login whose write meets a lock conflict (SQLite's "database is locked" while a batch run
-#: writes; a deadlock) tries again after a pause, doubled each time from the first to the
-#: longest (with jitter), for at most LOCKED_RETRY_SECONDS (seconds) in all.
-LOCKED_FIRST_PAUSE, LOCKED_MAX_PAUSE, LOCKED_RETRY_SECONDS = 0.05, 1.0, 15.0
-#: How the databases word a lock conflict, as the store reports it (lower case).
-_LOCKED_MESSAGES = ("database is locked", "database table is locked", "deadlock", "lock wait timeout")
 #: Attributes read on top of the mapper's: both usual identity attributes (to recognise AD
 #: from the entry, without a rootDSE read).
 DETECTION_ATTRIBUTES = ("objectguid", "entryuuid", "objectsid")
@@ -416,13 +418,16 @@ def write_user(
             user_callbacks=callbacks,
             adopt_users=[record.username] if adopt else (),
             entry_gone=entry_gone,
+            # The user's own write often writes nothing (an unchanged user): no write lock
+            # taken, until a write met another writer's lock (then it waits its turn).
+            lock_first=busy_until is not None,
         )
         try:
             first = attempt == 1 and busy_until is None
             return _write_once(store, record, groups, link if first else None)
         except (IntegrityError, _NotWritten, DatabaseError) as error:
             in_transaction = connections[router.db_for_write(DirectoryUser)].in_atomic_block
-            busy = lock_conflict(error) or _lock_conflict_reported(report)
+            busy = lock_conflict(error) or report.lock_conflicts > 0
             if not isinstance(error, IntegrityError | _NotWritten) and (not busy or in_transaction):
                 raise  # not a race, or the caller's transaction went with it
             if busy and not in_transaction:
@@ -453,28 +458,6 @@ def write_user(
             )
     logger.warning("login of %s: the user could not be written", record.username)
     return None
-
-
-def _lock_conflict_reported(report: RunReport) -> bool:
-    """Whether the store reported (rather than raised) a lock conflict: it keeps the
-    database's message in the problem it reports for the user it could not write."""
-    return any(
-        phrase in problem.lower() for problem in report.problems for phrase in _LOCKED_MESSAGES
-    )
-
-
-def lock_conflict(error: DatabaseError) -> bool:
-    """Whether the database gave up on a transaction because another writer held its rows: a
-    deadlock or a lock wait timeout (MariaDB/MySQL errors 1213 and 1205, PostgreSQL SQLSTATE
-    40P01 and 40001). The database rolled the transaction back; another attempt usually
-    succeeds. InnoDB sees such deadlocks between a login and a batch run writing the same
-    users and groups."""
-    cause = error.__cause__
-    sqlite_code = getattr(cause, "sqlite_errorcode", None)
-    if sqlite_code is not None:  # SQLITE_BUSY, SQLITE_LOCKED and their extended codes
-        return sqlite_code & 0xFF in (5, 6)
-    args = getattr(cause, "args", None) or (None,)
-    return args[0] in (1205, 1213) or getattr(cause, "sqlstate", None) in ("40P01", "40001")
 
 
 def _always(link: DirectoryUser) -> bool:
@@ -644,7 +627,7 @@ def _write_once(
         group_ids.update(_sync_groups(store, known.stale))
     default_ids = known.default_ids
     if default_ids is None:
-        with transaction.atomic():
+        with write_transaction():
             default_ids = set(
                 store.ensure_plain_groups(default_names, s.GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS)
                 .values()
@@ -668,7 +651,7 @@ def _write_once(
             )
         elif member_of == wanted:
             return user  # the memberships are already as the directory says
-        with transaction.atomic():
+        with write_transaction():
             store.sync_memberships({user.pk: wanted}, member_of | wanted | default_ids)
     return user
 
@@ -676,15 +659,17 @@ def _write_once(
 def _sync_groups(store: Store, groups: Sequence[GroupRecord]) -> dict[str, int]:
     """``Store.sync_groups``; on a unique-constraint failure, one group at a time."""
     try:
-        with transaction.atomic():
+        with write_transaction():
             return store.sync_groups(groups)
     except IntegrityError as error:
         logger.info("login: groups written concurrently (%s); writing them one by one", error)
     ids: dict[str, int] = {}
     for group in groups:
         try:
-            with transaction.atomic():
+            with write_transaction():
                 ids.update(store.sync_groups([group]))
         except (IntegrityError, DatabaseError) as error:
+            if lock_conflict(error):
+                raise  # the whole login's write starts again (write_user)
             logger.warning("login: group %s not written: %s", group.dn, error)
     return ids

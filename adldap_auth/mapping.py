@@ -38,6 +38,9 @@ Values:
   ``thumbnailPhoto`` / ``jpegPhoto`` when the profile has a file field of that name. Other
   profile fields (integers, booleans, dates...) are never filled: they are listed in
   :attr:`ProfileSpec.other_fields` and reported once, at debug level, when the config is built.
+  That is the seed's rule; a profile model named in ``LDAP_SYNC_USER_PROFILE_ATTRIBUTES`` is
+  filled from its own ``{attribute: field}`` map instead (an attribute mapped to a file or
+  image field is read as a photo), see :func:`read_profile_attributes`.
 - ``objectGUID``, ``mS-DS-ConsistencyGuid`` and ``objectSid`` are decoded to their string forms
   wherever they are used as text.
 
@@ -82,6 +85,7 @@ __all__ = [
     "PHOTO_ATTRIBUTES",
     "Photo",
     "PhotoError",
+    "ProfileMapProblem",
     "ProfileSpec",
     "SkipEntry",
     "UserRecord",
@@ -98,6 +102,9 @@ __all__ = [
     "normalize_dn",
     "photo_digest",
     "photo_filename",
+    "read_profile_attributes",
+    "schema_checked_attributes",
+    "unknown_schema_attributes",
     "user_attribute_list",
     "validate_photo",
 ]
@@ -174,6 +181,9 @@ class ProfileSpec:
     text_fields: dict[str, int | None]  # char/text-like field -> max_length (None: unlimited)
     file_fields: frozenset[str] = frozenset()  # FileField/ImageField names
     other_fields: frozenset[str] = frozenset()  # never filled; listed for the debug report
+    #: ``LDAP_SYNC_USER_PROFILE_ATTRIBUTES`` for this model: (lower-case attr, field) pairs.
+    #: None: the seed's rule (fields named like the attributes) fills the profile.
+    attributes: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +259,9 @@ def _make_plan(config: MappingConfig) -> _Plan:
     sources = list(dict.fromkeys([*config.user_attributes, *config.extra_attributes]))
     profiles = []
     for spec in config.profiles:
+        if spec.attributes is not None:
+            profiles.append(_mapped_profile_plan(spec))
+            continue
         text = []
         for attr in sources:
             if attr in _PHOTO_ATTRS:
@@ -272,6 +285,151 @@ def _make_plan(config: MappingConfig) -> _Plan:
         if fname != "name"
     )
     return _Plan(username_attrs[0], user_fields, tuple(profiles), name_attrs[0], group_fields)
+
+
+def _mapped_profile_plan(spec: ProfileSpec) -> _ProfilePlan:
+    """The plan of a profile filled from its LDAP_SYNC_USER_PROFILE_ATTRIBUTES map: a file
+    field receives the attribute as a photo, a text field its values."""
+    text, photos = [], []
+    for attr, name in spec.attributes or ():
+        if name in spec.file_fields:
+            photos.append((attr, name))
+        else:
+            text.append((attr, name, spec.text_fields[name]))
+    return _ProfilePlan(spec.label, tuple(text), tuple(photos))
+
+
+@dataclass(frozen=True)
+class ProfileMapProblem:
+    """What is wrong in ``LDAP_SYNC_USER_PROFILE_ATTRIBUTES``; ``detail`` reads after the
+    setting's name ("maps 'x' to 'y', which is not a field of app.Model")."""
+
+    kind: str  # "type", "model", "field" or "duplicate" (one system check id each)
+    detail: str
+
+
+#: An attribute description (RFC 4512): a name or an OID, with options (``;binary``).
+_ATTRIBUTE_NAME = re.compile(r"(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)(?:;[A-Za-z0-9-]+)*\Z")
+
+
+def read_profile_attributes(
+    value: Any, profile_labels: Iterable[str]
+) -> tuple[dict[str, dict[str, str]], list[ProfileMapProblem]]:
+    """``LDAP_SYNC_USER_PROFILE_ATTRIBUTES`` checked against the profile models: the maps
+    that can be used, by model (``_meta.label_lower``; attributes as written), and what is
+    wrong. The single reading of the setting, for :func:`build_mapping_config` (which raises
+    on the first problem) and the system checks (one message per problem).
+
+    ``profile_labels`` are those of ``LDAP_SYNC_USER_EXTRA_PROFILES``: a map of a model that
+    is not among them would be silently unused, so it is a problem.
+    """
+    from django.apps import apps
+
+    problems: list[ProfileMapProblem] = []
+
+    def problem(kind: str, detail: str) -> None:
+        problems.append(ProfileMapProblem(kind, detail))
+
+    if not isinstance(value, Mapping):
+        problem("type", 'must be a dict such as {"app_label.ModelName": {"telephoneNumber": '
+                f'"phone"}}, not {_typed(value)}')  # fmt: skip
+        return {}, problems
+    profiles = set()
+    for label in profile_labels:
+        try:
+            profiles.add(apps.get_model(label)._meta.label_lower)
+        except (LookupError, ValueError, TypeError, AttributeError):
+            continue  # reported under LDAP_SYNC_USER_EXTRA_PROFILES
+    maps: dict[str, dict[str, str]] = {}
+    for label, attr_map in value.items():
+        if not isinstance(label, str):
+            problem("type", f'has the key {_typed(label)}, not an "app_label.ModelName" string')
+            continue
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError) as error:
+            why = 'expected "app_label.ModelName"'
+            if label.count(".") == 1:
+                why = str(error).rstrip(".")
+            problem("model", f"names {label!r}, which is not an installed model ({why})")
+            continue
+        key = model._meta.label_lower
+        if key not in profiles:
+            problem("model", f"names {label!r}, which is not a model of "
+                    "LDAP_SYNC_USER_EXTRA_PROFILES, so its map would never be used")  # fmt: skip
+        elif key in maps:
+            problem("duplicate", f"names {model._meta.label} twice (also as {label!r})")
+        elif not isinstance(attr_map, Mapping):
+            problem("type", f"maps {label!r} to {_typed(attr_map)}, not a dict of LDAP "
+                    "attribute names to field names")  # fmt: skip
+        else:
+            found = _profile_map_problems(model, attr_map)
+            problems.extend(found)
+            maps[key] = {} if found else dict(attr_map)
+    return {key: attr_map for key, attr_map in maps.items() if attr_map}, problems
+
+
+def _profile_map_problems(model: Any, attr_map: Mapping[Any, Any]) -> list[ProfileMapProblem]:
+    """The problems of one model's ``{attribute: field}`` map."""
+    problems: list[ProfileMapProblem] = []
+
+    def problem(kind: str, detail: str) -> None:
+        problems.append(ProfileMapProblem(kind, detail))
+
+    label = model._meta.label
+    attrs: dict[str, str] = {}  # lower-case attr -> as written
+    fields: dict[str, str] = {}  # field -> attr as written
+    for attr, name in attr_map.items():
+        if not isinstance(attr, str) or not _ATTRIBUTE_NAME.match(attr):
+            problem("type", f"has the key {_typed(attr)} in the map of {label}, which is not "
+                    "an LDAP attribute name")  # fmt: skip
+            continue
+        if not isinstance(name, str) or not name.strip():
+            problem("type", f"maps {attr!r} to {_typed(name)} in the map of {label}, not a "
+                    "field name")  # fmt: skip
+            continue
+        why = _profile_field_problem(model, attr, name)
+        if why:
+            problem("field", f"maps {attr!r} to {name!r}, which is {why} of {label}")
+        if attr.lower() in attrs:
+            problem("duplicate", f"lists the attribute {attr!r} twice in the map of {label} "
+                    f"(also as {attrs[attr.lower()]!r}; attribute names ignore case)")  # fmt: skip
+        elif name in fields:
+            problem("duplicate", f"maps both {fields[name]!r} and {attr!r} to {label}.{name}")
+        attrs.setdefault(attr.lower(), attr)
+        fields.setdefault(name, attr)
+    return problems
+
+
+def _profile_field_problem(model: Any, attr: str, name: str) -> str | None:
+    """Why the field ``name`` of a profile model cannot receive ``attr``, or None."""
+    from django.core.exceptions import FieldDoesNotExist
+    from django.db import models
+
+    try:
+        model_field = model._meta.get_field(name)
+    except FieldDoesNotExist:
+        return "not a field"
+    if (
+        not getattr(model_field, "concrete", False)
+        or model_field.is_relation
+        or model_field.primary_key
+        or getattr(model_field, "generated", False)
+    ):
+        return "a field the sync cannot write (a relation, the primary key or a computed field)"
+    if isinstance(model_field, models.FileField):
+        return None  # the attribute is read as a photo
+    if not isinstance(model_field, models.CharField | models.TextField):
+        return f"a {type(model_field).__name__}, not a text, file or image field"
+    if attr.lower() in _PHOTO_ATTRS:
+        return f"a {type(model_field).__name__}: a photo needs a file or image field"
+    return None
+
+
+def _typed(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
 
 
 def user_text_fields(user_model: Any) -> list[str]:
@@ -387,6 +545,13 @@ def build_mapping_config(settings: Any = None, is_ad: bool | None = None) -> Map
             f"LDAP_SYNC_USER_CHANGE_FIELDCASE must be None, 'lower' or 'upper', not {mode!r}"
         )
 
+    profile_maps, map_problems = read_profile_attributes(
+        settings.USER_PROFILE_ATTRIBUTES, settings.USER_EXTRA_PROFILES
+    )
+    if map_problems:
+        raise ImproperlyConfigured(
+            f"LDAP_SYNC_USER_PROFILE_ATTRIBUTES {map_problems[0].detail}"
+        )
     profiles = []
     for label in settings.USER_EXTRA_PROFILES:
         try:
@@ -395,6 +560,12 @@ def build_mapping_config(settings: Any = None, is_ad: bool | None = None) -> Map
             raise ImproperlyConfigured(
                 f"LDAP_SYNC_USER_EXTRA_PROFILES: no model {label!r}"
             ) from None
+        attr_map = profile_maps.get(profile_model._meta.label_lower)
+        mapped = None
+        if attr_map is not None:
+            for attr in attr_map:
+                spellings.setdefault(attr.lower(), attr)
+            mapped = tuple((attr.lower(), name) for attr, name in attr_map.items())
         text_fields: dict[str, int | None] = {}
         file_fields = set()
         other_fields = set()
@@ -408,7 +579,9 @@ def build_mapping_config(settings: Any = None, is_ad: bool | None = None) -> Map
             else:
                 other_fields.add(model_field.name)
         profiles.append(
-            ProfileSpec(label, text_fields, frozenset(file_fields), frozenset(other_fields))
+            ProfileSpec(
+                label, text_fields, frozenset(file_fields), frozenset(other_fields), mapped
+            )
         )
 
     identity = settings.IDENTITY_ATTRIBUTE
@@ -461,6 +634,13 @@ def build_mapping_config(settings: Any = None, is_ad: bool | None = None) -> Map
     plan = config._plan
     for spec, profile_plan in zip(config.profiles, plan.profiles, strict=True):
         filled = {f for _, f, _ in profile_plan.text} | {f for _, f in profile_plan.photos}
+        if spec.attributes is not None:
+            logger.debug(
+                "Profile %s: filling %s from LDAP_SYNC_USER_PROFILE_ATTRIBUTES",
+                spec.label,
+                sorted(filled),
+            )
+            continue
         unmatched = {
             fieldcase(config.spelling(a), mode)
             for a in (*config.user_attributes, *config.extra_attributes)
@@ -483,8 +663,41 @@ def user_attribute_list(config: MappingConfig) -> list[str]:
         *USER_CONTROL_ATTRIBUTES,
     ]
     for profile in config._plan.profiles:
+        names.extend(attr for attr, _, _ in profile.text)
         names.extend(attr for attr, _ in profile.photos)
     return list(dict.fromkeys(names))
+
+
+def schema_checked_attributes(config: MappingConfig) -> dict[str, str]:
+    """The attributes mapped to a user field or a profile field, each with the setting that
+    maps it (lower-case attr -> setting): those a schema check looks for. Photos filled by
+    the naming rule are left out (a profile field named ``thumbnailphoto`` asks for nothing
+    on OpenLDAP), and so are the extra attributes that fill no profile field (read for
+    callbacks, whatever the schema)."""
+    checked = dict.fromkeys(config.user_attributes, "LDAP_SYNC_USER_ATTRIBUTES")
+    for spec, profile in zip(config.profiles, config._plan.profiles, strict=True):
+        if spec.attributes is not None:
+            for attr, _ in spec.attributes:
+                checked.setdefault(attr, "LDAP_SYNC_USER_PROFILE_ATTRIBUTES")
+        else:
+            for attr, _, _ in profile.text:
+                checked.setdefault(attr, "LDAP_SYNC_USER_EXTRA_ATTRIBUTES")
+    return checked
+
+
+def unknown_schema_attributes(
+    config: MappingConfig, schema: Iterable[str]
+) -> list[tuple[str, str]]:
+    """``(setting, attribute as written)`` for each mapped attribute (see
+    :func:`schema_checked_attributes`) that is no attribute type of ``schema`` (lower-case
+    names and OIDs, from :meth:`~adldap_auth.directory.connection.DirectorySession.
+    attribute_types`): a misspelling that would otherwise leave its field empty."""
+    known = frozenset(schema)
+    return [
+        (setting, config.spelling(attr))
+        for attr, setting in schema_checked_attributes(config).items()
+        if attr.partition(";")[0] not in known
+    ]
 
 
 def group_attribute_list(config: MappingConfig) -> list[str]:

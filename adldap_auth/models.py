@@ -155,6 +155,11 @@ class SyncMarker(models.Model):
     incrementals_since_full = models.PositiveIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        # The name the documentation and ``syncldap --status`` use.
+        verbose_name = "incremental marker"
+        verbose_name_plural = "incremental markers"
+
     def __str__(self) -> str:
         return self.server
 

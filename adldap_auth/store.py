@@ -15,9 +15,10 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.apps import apps
 from django.contrib.auth import get_user_model
@@ -25,14 +26,14 @@ from django.contrib.auth.hashers import UNUSABLE_PASSWORD_PREFIX
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.files.base import ContentFile
-from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db import DatabaseError, IntegrityError, router, transaction
 from django.db.models import Count
-from django.db.models.constants import OnConflict
 from django.db.models.functions import Lower
 from django.utils import timezone
 
 from . import signals
 from .conf import sync_settings
+from .dbwrite import lock_conflict, retry_locked, write_transaction
 from .mapping import (
     PHOTO_MAX_SCANS,
     GroupRecord,
@@ -48,6 +49,7 @@ from .models import DirectoryGroup, DirectoryUser
 from .sessions import end_sessions
 
 logger = logging.getLogger("adldap_auth.sync")
+T = TypeVar("T")
 
 #: How many problems a run keeps in its record (all are logged).
 MAX_PROBLEMS = 200
@@ -64,6 +66,9 @@ class RunReport:
     counts: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
     changes: list[str] | None = None  # collected only when asked (dry runs, tests)
+    #: users not written because another writer held the database (:func:`lock_conflict`):
+    #: the login path waits and tries again
+    lock_conflicts: int = 0
 
     def problem(self, message: str, *args: Any) -> None:
         text = message % args if args else message
@@ -168,6 +173,7 @@ class Store:
         defer_relinks: bool = False,
         defer_membership_removals: bool = False,
         before_membership_write: Callable[[], None] | None = None,
+        lock_first: bool = True,
     ):
         self.config = config
         self.report = report
@@ -207,12 +213,24 @@ class Store:
         #: batch runs: called once, before the first membership write (committed first, or
         #: with it), to say the stored nesting no longer describes Django's memberships
         self.before_membership_write = before_membership_write
+        #: transactions take SQLite's write lock first (:meth:`_transaction`); a login sets
+        #: False for its first attempt, which often writes nothing (an unchanged user)
+        self.lock_first = lock_first
 
     def _placeholder_id(self, name: str) -> int:
         """Dry runs: a negative id standing for a user or group the run would create, so that
         the memberships of new users and groups are planned like the others."""
         self._placeholders[-len(self._placeholders) - 1] = name
         return -len(self._placeholders)
+
+    def _transaction(self) -> AbstractContextManager[None]:
+        """A write transaction: on SQLite it waits its turn for the write lock rather than
+        failing when a login (or a run) writes (:func:`~adldap_auth.dbwrite.write_transaction`).
+        A dry run writes nothing, so it takes no write lock; nor does a store made with
+        ``lock_first=False``, whose transactions may fail at once on SQLite's lock instead."""
+        if self.dry_run or not self.lock_first:
+            return transaction.atomic()
+        return write_transaction()
 
     # -- groups ------------------------------------------------------------------------------
 
@@ -232,23 +250,94 @@ class Store:
             # One transaction a batch, one savepoint a group: a commit per group costs a disk
             # sync each (10,000 groups: seconds), a single transaction would hold SQLite's
             # write lock for the whole loop.
-            with transaction.atomic():
-                for record in records[start : start + GROUP_BATCH_SIZE]:
-                    if record.guid in self._skipped_groups:
-                        continue
-                    holder = holders.get(record.name.lower(), record)
-                    if holder is not record:
-                        record = self._name_taken(record, holder, links.get(record.guid))
-                        if record is None:
-                            continue
-                    try:
-                        group_id = self._sync_group(record, links.get(record.guid), by_name)
-                    except IntegrityError:
-                        # Another writer (a login, a second run) created or linked it meanwhile.
-                        group_id = self._sync_group_after_race(record)
-                    if group_id is not None:
-                        ids[record.guid] = group_id
+            chunk = records[start : start + GROUP_BATCH_SIZE]
+            skipped = set(self._skipped_groups)
+
+            def write(chunk: list[GroupRecord] = chunk) -> None:
+                with self._transaction():
+                    self._sync_group_chunk(chunk, links, by_name, holders, ids)
+
+            def before_retry(chunk: list[GroupRecord] = chunk, skipped: set = skipped) -> None:
+                self._skipped_groups = set(skipped)
+                for record in chunk:  # ids of groups the rollback may have undone
+                    ids.pop(record.guid, None)
+                self._reread_groups(chunk, links, by_name)
+
+            self._retry_locked(write, "sync of groups", before_retry)
         return ids
+
+    def _sync_group_chunk(
+        self,
+        chunk: list[GroupRecord],
+        links: dict[str, DirectoryGroup],
+        by_name: dict[str, list[Group]],
+        holders: dict[str, GroupRecord],
+        ids: dict[str, int],
+    ) -> None:
+        """The groups of one transaction of :meth:`sync_groups`, one savepoint each."""
+        for record in chunk:
+            if record.guid in self._skipped_groups:
+                continue
+            holder = holders.get(record.name.lower(), record)
+            if holder is not record:
+                record = self._name_taken(record, holder, links.get(record.guid))
+                if record is None:
+                    continue
+            try:
+                group_id = self._sync_group(record, links.get(record.guid), by_name)
+            except IntegrityError:
+                # Another writer (a login, a second run) created or linked it meanwhile.
+                group_id = self._sync_group_after_race(record)
+            if group_id is not None:
+                ids[record.guid] = group_id
+
+    def _reread_groups(
+        self,
+        chunk: list[GroupRecord],
+        links: dict[str, DirectoryGroup],
+        by_name: dict[str, list[Group]],
+    ) -> None:
+        """Before a rolled-back transaction of :meth:`sync_groups` is done again: its groups'
+        links and Django groups as the database now holds them (the objects in memory carry
+        the rolled-back changes, and other writers may have written since)."""
+        guids = [record.guid for record in chunk]
+        for guid in guids:
+            links.pop(guid, None)
+        links.update(
+            (link.guid, link)
+            for link in DirectoryGroup.objects.select_related("group").filter(guid__in=guids)
+        )
+        names = [record.name for record in chunk if record.guid not in links]
+        for name in names:
+            by_name.pop(name.lower(), None)
+        by_name.update(self._groups_by_lower_name(names))
+
+    def _retry_locked(
+        self, write: Callable[[], T], what: str, before_retry: Callable[[], None] | None = None
+    ) -> T:
+        """``write()``, one write transaction of a batch run, done again after a growing pause
+        while it meets a lock conflict (on SQLite: logins holding the write lock beyond the
+        busy timeout), so that a run survives contention. Only when that transaction is the
+        outermost one, so that the retry redoes all the rolled-back work (inside a caller's
+        transaction the error is raised: :func:`~adldap_auth.dbwrite.retry_locked`). Before a
+        retry, the report forgets what the attempt counted and ``before_retry`` reads again
+        what the attempt relied on. A login's store (``lock_first=False``) and dry runs call
+        ``write`` once."""
+        if self.dry_run or not self.lock_first:
+            return write()
+        saved = self.report.snapshot()
+        attempts = 0
+
+        def attempt() -> T:
+            nonlocal attempts
+            if attempts:
+                self.report.restore(saved)
+                if before_retry is not None:
+                    before_retry()
+            attempts += 1
+            return write()
+
+        return retry_locked(attempt, what, using=router.db_for_write(Group))
 
     @staticmethod
     def _groups_by_lower_name(names: Iterable[str]) -> dict[str, list[Group]]:
@@ -350,6 +439,11 @@ class Store:
             return None
         group = found[0] if found else None
         other_link = getattr(group, "directory_link", None) if group is not None else None
+        if other_link is not None and other_link.guid == record.guid:
+            # Linked to this very entry since ``links`` was read (a login, a second run: the
+            # two reads of sync_groups are not one snapshot): the entry's group, as if found.
+            other_link.group = group
+            return self._update_group(record, other_link, fields)
         if other_link is not None:
             self.report.problem(
                 "group %s skipped: Django group %r is linked to another directory entry (%s)",
@@ -367,7 +461,7 @@ class Store:
         self.report.change(f"{'create' if created else 'adopt'} group {record.name!r}")
         if self.dry_run:
             return group.pk if group else self._placeholder_id(record.name)
-        with transaction.atomic():
+        with self._transaction():
             if group is None:
                 group = Group.objects.create(**fields)
             else:  # adopted: from now on, as the directory names it ("TEAM" becomes "Team")
@@ -427,7 +521,7 @@ class Store:
         self.report.change(f"update group {record.name!r}")
         if self.dry_run:
             return group.pk
-        with transaction.atomic():
+        with self._transaction():
             for name in changed:
                 setattr(group, name, fields[name])
             if changed:
@@ -452,11 +546,32 @@ class Store:
             if not create:
                 self.report.problem("default group %r does not exist and is not created", name)
                 continue
-            self.report.counts["groups_created"] += 1
-            self.report.change(f"create group {name!r}")
-            if not self.dry_run:
-                found[name] = Group.objects.create(name=name).pk
+            if self.dry_run:
+                self.report.counts["groups_created"] += 1
+                self.report.change(f"create group {name!r}")
+                continue
+            found[name] = self._retry_locked(
+                lambda name=name: self._create_plain_group(name), "creation of a default group"
+            )
         return found
+
+    def _create_plain_group(self, name: str) -> int:
+        """Create the Django group ``name`` and return its id; or, when another writer (a
+        login, a run) created it since it was looked up, the id of that group, read again:
+        its insert wins and ours fails on the unique name, in a savepoint of its own so that
+        the caller's transaction goes on."""
+        try:
+            with self._transaction():
+                group_id = Group.objects.create(name=name).pk
+        except IntegrityError:
+            same = self._groups_by_lower_name([name]).get(name.lower(), [])
+            exact = [group for group in same if group.name == name] or same
+            if len(exact) != 1:
+                raise  # not a group of this name created meanwhile
+            return exact[0].pk
+        self.report.counts["groups_created"] += 1
+        self.report.change(f"create group {name!r}")
+        return group_id
 
     # -- users -------------------------------------------------------------------------------
 
@@ -466,22 +581,30 @@ class Store:
         Disabled entries are updated if already known but never created. Returns one outcome
         per record that was not skipped.
         """
-        records = self._drop_duplicate_usernames(records)
+        return self._sync_users(self._drop_duplicate_usernames(records))
+
+    def _sync_users(self, records: list[UserRecord], raced: bool = False) -> list[UserOutcome]:
+        """:meth:`sync_users`. A batch that fails is done again one user at a time, each from
+        a new read; a user whose insert another writer's (a login's) beat between that read
+        and the insert (``IntegrityError``) is read and written once more (``raced``)."""
         saved = self.report.snapshot()
         self._written_files = []
         try:
-            with transaction.atomic():
+            with self._transaction():
                 outcomes = self._sync_user_batch(records)
         except (IntegrityError, DatabaseError) as error:
             self.report.restore(saved)  # the rolled-back batch changed nothing
             self._delete_written_files()  # ...and leaves no file that no row names
+            if len(records) == 1 and isinstance(error, IntegrityError) and not raced:
+                return self._sync_users(records, raced=True)
             if len(records) == 1:
                 self.report.problem("user %s not written: %s", records[0].dn, error)
+                self.report.lock_conflicts += lock_conflict(error)
                 return []
             logger.warning("batch of %d users failed (%s); retrying one by one", len(records), error)
             outcomes = []
             for record in records:
-                outcomes.extend(self.sync_users([record]))
+                outcomes.extend(self._sync_users([record]))
             return outcomes
         self._after_commit(outcomes)
         return outcomes
@@ -512,6 +635,7 @@ class Store:
         unlinked = [r for r in records if r.guid not in links]
         candidates = self._users_by_lower_username([r.username for r in unlinked])
         other_links = self._links_of_users([u for found in candidates.values() for u in found])
+        self._take_late_links(links, {r.guid for r in unlinked}, candidates, other_links)
         outcomes: list[UserOutcome] = []
         to_create: list[tuple[UserRecord, Any]] = []
         to_update: dict[str, list[Any]] = {}
@@ -609,6 +733,26 @@ class Store:
         for user in query.order_by(self.username_field):
             found.setdefault(getattr(user, self.username_field).lower(), []).append(user)
         return found
+
+    @staticmethod
+    def _take_late_links(
+        links: dict[str, DirectoryUser],
+        unlinked_guids: set[str],
+        candidates: dict[str, list[Any]],
+        other_links: dict[Any, DirectoryUser],
+    ) -> None:
+        """Add to ``links`` the links of entries without one that another writer (a login, a
+        run) committed between the read of ``links`` and that of the users by username: the
+        two reads are not one snapshot (READ COMMITTED, Django's level on PostgreSQL and
+        MariaDB), so an entry may find its own link on the Django user of its username. It
+        is the entry's link, as if read first; taken for another entry's, the entry would be
+        refused as a re-created account."""
+        for found in candidates.values():
+            for user in found:
+                link = other_links.get(user.pk)
+                if link is not None and link.guid in unlinked_guids and link.guid not in links:
+                    link.user = user
+                    links[link.guid] = link
 
     @staticmethod
     def _links_of_users(users: Iterable[Any]) -> dict[Any, DirectoryUser]:
@@ -1019,12 +1163,16 @@ class Store:
         self.report.counts["memberships_removed"] += len(to_remove)
         if self.dry_run or not (to_add or to_remove):
             return
-        self._membership_write()
-        with transaction.atomic():
-            if to_add:
-                self._insert_memberships(to_add)
-            if to_remove:
-                through.objects.filter(pk__in=to_remove).delete()
+
+        def write() -> None:  # the same again after a lock conflict: inserts skip what exists
+            self._membership_write()
+            with self._transaction():
+                if to_add:
+                    self._insert_memberships(to_add)
+                if to_remove:
+                    through.objects.filter(pk__in=to_remove).delete()
+
+        self._retry_locked(write, "write of memberships")
 
     def apply_membership_removals(self) -> None:
         """Remove the memberships that :meth:`sync_memberships` collected, in one transaction
@@ -1033,17 +1181,23 @@ class Store:
         self.report.counts["memberships_removed"] += len(pending)
         if self.dry_run or not pending:
             return
-        self._membership_write()
         through = MembershipTable.of(self.User).model
-        with transaction.atomic():
-            for start in range(0, len(pending), 500):  # SQLite's bound-parameter limit
-                through.objects.filter(pk__in=pending[start : start + 500]).delete()
+
+        def write() -> None:  # the same again after a lock conflict: deleted rows are not found
+            self._membership_write()
+            with self._transaction():
+                for start in range(0, len(pending), 500):  # SQLite's bound-parameter limit
+                    through.objects.filter(pk__in=pending[start : start + 500]).delete()
+
+        self._retry_locked(write, "removal of memberships")
 
     def _membership_write(self) -> None:
-        """Call ``before_membership_write`` once, before this store's first membership write."""
-        hook, self.before_membership_write = self.before_membership_write, None
+        """Call ``before_membership_write`` once, before this store's first membership write:
+        until it succeeds (a lock conflict makes the write, this call included, start again)."""
+        hook = self.before_membership_write
         if hook is not None:
             hook()
+            self.before_membership_write = None
 
     def _report_membership_changes(self, to_add, to_remove: list[int], current) -> None:
         """Change lines with names (only when changes are collected: dry runs, -v 2)."""
@@ -1069,26 +1223,18 @@ class Store:
 
     def _insert_memberships(self, pairs: list[tuple[int, int]]) -> None:
         """Insert ``(user id, group id)`` rows of the user-groups table, skipping the rows that
-        exist already (a login may have added one meanwhile), like ``bulk_create(...,
-        ignore_conflicts=True)`` but without a model instance per row, which is most of the
-        cost of a first run's hundreds of thousands of memberships: one ``executemany``."""
+        exist already (a login may have added one meanwhile): ``bulk_create(...,
+        ignore_conflicts=True)``, Django's public insert-or-ignore, so one INSERT per batch of
+        rows (all of them at once, or the most the backend takes in one statement), never one
+        per row. A backend without insert-or-ignore raises ``NotSupportedError``."""
         m2m = self.User._meta.get_field("groups")
         through = m2m.remote_field.through
-        connection = connections[router.db_for_write(through)]
-        if not connection.features.supports_ignore_conflicts:
-            objects = [through(**{m2m.m2m_column_name(): u, m2m.m2m_reverse_name(): g})
-                       for u, g in pairs]  # fmt: skip
-            through.objects.bulk_create(objects, ignore_conflicts=True)  # raises, as it did
-            return
-        ops, quote = connection.ops, connection.ops.quote_name
-        sql = (
-            f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} "
-            f"{quote(through._meta.db_table)} "
-            f"({quote(m2m.m2m_column_name())}, {quote(m2m.m2m_reverse_name())}) VALUES (%s, %s) "
-            + ops.on_conflict_suffix_sql([], OnConflict.IGNORE, None, None)
-        ).strip()
-        with connection.cursor() as cursor:
-            cursor.executemany(sql, pairs)
+        user_attr = through._meta.get_field(m2m.m2m_field_name()).attname
+        group_attr = through._meta.get_field(m2m.m2m_reverse_field_name()).attname
+        through.objects.bulk_create(
+            [through(**{user_attr: user_id, group_attr: group_id}) for user_id, group_id in pairs],
+            ignore_conflicts=True,
+        )
 
     # -- removals ----------------------------------------------------------------------------
 
@@ -1115,7 +1261,7 @@ class Store:
                 if managed_group_ids:
                     self._drop_memberships(link.user_id, username, managed_group_ids)
                 continue
-            with transaction.atomic():
+            with self._transaction():
                 if managed_group_ids:
                     self._drop_memberships(link.user_id, username, managed_group_ids)
                 link.removal_reason = DirectoryUser.REASON_MISSING
@@ -1148,7 +1294,7 @@ class Store:
                 continue
             user_pk = link.user_id  # kept: a delete callback clears user.pk
             try:
-                with transaction.atomic():
+                with self._transaction():
                     if managed_group_ids:
                         self._drop_memberships(user_pk, username, managed_group_ids)
                     link.removed_at = self.now
@@ -1196,7 +1342,7 @@ class Store:
             if self.dry_run:
                 continue
             try:
-                with transaction.atomic():
+                with self._transaction():
                     for callback in callbacks:
                         callback(link.user)
             except Exception as error:

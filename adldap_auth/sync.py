@@ -45,6 +45,7 @@ from .mapping import (
     map_user,
     member_key_of,
     primary_group_sid_of,
+    unknown_schema_attributes,
     user_attribute_list,
     username_attribute,
 )
@@ -259,6 +260,7 @@ class SyncEngine:
     def _run_body(self) -> None:
         s = sync_settings
         config = build_mapping_config(is_ad=self.root.is_ad)
+        self._warn_unknown_attributes(config)
         self.tracking = choose_tracking(self.root, s.CHANGE_TRACKING)
         marker = SyncMarker.objects.filter(server=self.session.uri).first()
         self.mode, self.mode_reason = choose_mode(
@@ -274,6 +276,11 @@ class SyncEngine:
             self.mode_reason = "no stored group nesting to compare with (first run of this version)"
         logger.info("%s run against %s: %s", self.mode, self.session.uri, self.mode_reason)
         self.marker = marker if self.mode == INCREMENTAL else None
+        if not self.options.dry_run:
+            # What this run writes is this server's view, which may lag behind another DC's
+            # (replication): another server's marker no longer describes Django's state, and an
+            # incremental run from it would skip changes this run undid. Its next run is full.
+            SyncMarker.objects.exclude(server=self.session.uri).delete()
         self.high_water = TimestampHigh()
         # A run that died after writing memberships and before storing its nesting left
         # memberships that neither the stored nesting nor (if it changed since) the directory
@@ -583,6 +590,20 @@ class SyncEngine:
                 "bind with a least-privilege reader account instead",
                 sync_settings.BIND_DN,
                 ", ".join(groups),
+            )
+
+    def _warn_unknown_attributes(self, config: MappingConfig) -> None:
+        """Say so when an attribute mapped to a user or profile field is not in the server's
+        schema (read once per run): a misspelling would otherwise leave the field empty."""
+        schema = self.session.attribute_types(self.root.subschema_subentry)
+        if schema is None:
+            return
+        for setting, attribute in unknown_schema_attributes(config, schema):
+            self.report.warning(
+                "%s maps %r, which is not an attribute type of the directory's schema: its "
+                "field stays empty",
+                setting,
+                attribute,
             )
 
     def _removed_callbacks(self) -> list[Callable]:

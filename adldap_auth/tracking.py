@@ -69,7 +69,7 @@ def choose_mode(
     if not incremental_allowed:
         return "full", "incremental runs are disabled (LDAP_SYNC_USER_INCREMENTAL)"
     if marker is None:
-        return "full", "first run against this server"
+        return "full", "first run against this server, or the last run read another server"
     if tracking.kind == USN:
         if marker.highest_usn is None:
             return "full", "no uSNChanged marker recorded for this server"

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.lab.fixtures_samba", "tests.lab.fixtures_slapd", "tests.site"]
+pytest_plugins = [
+    "tests.lab.fixtures_samba",
+    "tests.lab.fixtures_slapd",
+    "tests.lab.fixtures_topology",
+    "tests.site",
+]
 
 
 @pytest.fixture

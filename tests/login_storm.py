@@ -6,7 +6,9 @@ For the tests of logins during a batch run (:mod:`tests.test_sqlite_logins`). Ru
 - ``ADLDAP_STORM_USERS``: the usernames to log in (comma-separated), in turn;
 - ``ADLDAP_STORM_THREADS``: how many threads log in at once (default 8);
 - ``ADLDAP_STORM_STOP``: a file; the threads stop when it appears;
-- ``ADLDAP_STORM_MAX``: at most this many logins per thread (default: no limit).
+- ``ADLDAP_STORM_MAX``: at most this many logins per thread (default: no limit);
+- ``ADLDAP_STORM_WHERE``: when set, an exception's outcome also names the adldap_auth and
+  django_auth_ldap frames it went through.
 
 Prints ``READY`` once Django is set up, then, at the end, one line of JSON: every login as
 ``[start, end, outcome]`` (wall-clock seconds; outcome ``"ok"``, ``"none"`` when

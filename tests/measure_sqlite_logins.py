@@ -5,7 +5,10 @@ The measurement of :mod:`tests.test_sqlite_logins`, against a throwaway lab slap
 ``synthetic(USERS, GROUPS)`` (the first PASSWORDS users, default 2,000, can log in).
 ``$ADLDAP_STORM_DB_OPTIONS``: the SQLite database's ``OPTIONS`` as JSON (e.g.
 ``{"transaction_mode": "IMMEDIATE"}``); ``$ADLDAP_STORM_SETTINGS``: more ``LDAP_SYNC_*``
-settings as JSON; ``$ADLDAP_STORM_THREADS``: login threads (default 8). Run with ``DJANGO_SETTINGS_MODULE=tests.settings``.
+settings as JSON; ``$ADLDAP_STORM_THREADS``: login threads (default 8);
+``$ADLDAP_STORM_RUN_DB_OPTIONS``: other ``OPTIONS`` for the run's process only;
+``$ADLDAP_STORM_LOG``: where to keep the log of the logins' process. Run with
+``DJANGO_SETTINGS_MODULE=tests.settings``.
 """
 
 import json
@@ -31,6 +34,7 @@ def main(argv: list[str]) -> None:
     options = json.loads(os.environ.get("ADLDAP_STORM_DB_OPTIONS", "{}"))
     settings = json.loads(os.environ.get("ADLDAP_STORM_SETTINGS", "{}"))
     threads = int(os.environ.get("ADLDAP_STORM_THREADS", "8"))
+    run_options = os.environ.get("ADLDAP_STORM_RUN_DB_OPTIONS")
     work = Path(tempfile.mkdtemp(prefix="adldap-storm-"))
     try:
         template = work / "template.sqlite3"
@@ -40,9 +44,17 @@ def main(argv: list[str]) -> None:
         spec = synthetic(users=users, groups=groups, seed=19, passwords=passwords)
         with LabSlapd(spec) as server:
             figures = logins_during_a_cold_full_run(
-                server, sqlite_site(template, work, **options), work, passwords, threads, **settings
+                server,
+                sqlite_site(template, work, **options),
+                work,
+                passwords,
+                threads,
+                json.loads(run_options) if run_options else None,
+                **settings,
             )
         print(json.dumps(figures, indent=1))
+        if os.environ.get("ADLDAP_STORM_LOG"):
+            shutil.copyfile(work / "storm.log", os.environ["ADLDAP_STORM_LOG"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -4,11 +4,14 @@ with its directory identity, and the "sync these users now" action against a rea
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.core.management import call_command
 from django.test import override_settings
 from django.utils import timezone
 
@@ -94,6 +97,19 @@ def test_runs_and_markers_cannot_be_added_changed_or_deleted(client, runs):
     markers = client.get("/admin/adldap_auth/syncmarker/")
     assert markers.status_code == 200 and "1234" in markers.content.decode()
     assert SyncRun.objects.filter(pk=ok.pk).exists()
+
+
+def test_markers_are_named_as_the_documentation_names_them(client):
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    html = client.get("/admin/").content.decode()
+    assert "Incremental markers" in html and "Sync markers" not in html
+    operations = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    assert "**Incremental markers**" in operations
+
+
+def test_migrations_match_the_models():
+    """A Meta change (verbose names included) without its migration fails here."""
+    call_command("makemigrations", "adldap_auth", "--check", "--dry-run", verbosity=0)
 
 
 def test_user_page_shows_the_directory_identity(client):
@@ -195,3 +211,80 @@ def test_sync_users_now_finds_active_directory_users_by_object_guid(samba_dc):
     alice.refresh_from_db()
     assert alice.first_name == "Alice"
     assert set(alice.groups.values_list("name", flat=True)) == groups
+
+
+def test_stock_user_admin_is_registered_again_with_the_mixin():
+    from django.contrib import admin
+    from django.contrib.auth.admin import UserAdmin
+
+    from adldap_auth.admin import DirectoryUserAdmin, DirectoryUserAdminMixin, extend_user_admin
+
+    assert type(admin.site.get_model_admin(User)) is DirectoryUserAdmin
+    site = admin.AdminSite(name="stock")
+    site.register(User, UserAdmin)
+    assert extend_user_admin(site)
+    assert isinstance(site.get_model_admin(User), DirectoryUserAdminMixin)
+    assert isinstance(site.get_model_admin(User), UserAdmin)
+    assert extend_user_admin(site)  # once
+
+
+def test_a_sites_own_user_admin_is_never_replaced():
+    from django.contrib import admin
+    from django.contrib.auth.admin import UserAdmin
+
+    from adldap_auth.admin import extend_user_admin
+
+    class SiteUserAdmin(UserAdmin):
+        pass
+
+    site = admin.AdminSite(name="own")
+    assert not extend_user_admin(site)  # nothing registered
+    site.register(User, SiteUserAdmin)
+    assert not extend_user_admin(site)
+    assert type(site.get_model_admin(User)) is SiteUserAdmin
+
+
+def test_the_mixin_on_a_sites_own_admin_keeps_its_inlines_and_actions(rf):
+    from django.contrib import admin
+    from django.contrib.auth.admin import UserAdmin
+
+    from adldap_auth.admin import DirectoryIdentityInline, DirectoryUserAdminMixin
+
+    @admin.action(description="Site action")
+    def site_action(modeladmin, request, queryset):
+        pass
+
+    class GroupsInline(admin.TabularInline):
+        model = User.groups.through
+
+    class SiteUserAdmin(DirectoryUserAdminMixin, UserAdmin):
+        inlines = [GroupsInline]
+        actions = [site_action]
+
+    site = admin.AdminSite(name="own")
+    site.register(User, SiteUserAdmin)
+    request = rf.get("/")
+    request.user = User.objects.create_superuser("root", password="pw")
+    model_admin = site.get_model_admin(User)
+    assert model_admin.get_inlines(request, None) == [GroupsInline, DirectoryIdentityInline]
+    assert {"site_action", "sync_users_now"} <= set(model_admin.get_actions(request))
+
+    class NoActionsUserAdmin(DirectoryUserAdminMixin, UserAdmin):
+        actions = None  # disabled by the site: stays so
+
+    site.unregister(User)
+    site.register(User, NoActionsUserAdmin)
+    assert site.get_model_admin(User).get_actions(request) == {}
+
+
+def test_user_admin_pages_raise_no_deprecation_warning(client):
+    """The mixin keeps to ModelAdmin API that every supported Django version has unchanged
+    (an override of ``get_actions()`` is deprecated since Django 6.1)."""
+    client.force_login(User.objects.create_superuser("root", password="pw"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", PendingDeprecationWarning)
+        changelist = client.get("/admin/auth/user/")
+        change = client.get(f"/admin/auth/user/{User.objects.get().pk}/change/")
+    assert changelist.status_code == change.status_code == 200
+    assert "sync_users_now" in changelist.content.decode()

@@ -528,6 +528,31 @@ def test_login_racing_a_batch_that_creates_the_same_user(slapd_lab, monkeypatch)
     assert {g.name for g in user.groups.all()} >= {"Rocket Team", "Everyone"}
 
 
+def test_login_racing_a_batch_between_its_link_read_and_its_username_read(
+    slapd_lab, monkeypatch
+):
+    """The batch commits the user and its link after the login read the links (none) and
+    before it reads the users by username: under READ COMMITTED (Django's level on PostgreSQL
+    and MariaDB) the login then finds alice linked to her own entry. That is her link, as if
+    read first, not a re-created account to refuse."""
+    original = Store._users_by_lower_username
+    raced = []
+
+    def racing(store, usernames):
+        if not raced and "alice" in usernames:
+            raced.append(True)
+            run_sync(SyncOptions(mode="full"))  # "another process" writes alice now
+        return original(store, usernames)
+
+    monkeypatch.setattr(Store, "_users_by_lower_username", racing)
+    with override_settings(**settings_for(slapd_lab)):
+        user = authenticate(username="alice", password=LAB_PASSWORD)
+    assert raced and user is not None
+    assert User.objects.filter(username="alice").count() == 1
+    assert user.pk == DirectoryUser.objects.get(user__username="alice").user_id
+    assert {g.name for g in user.groups.all()} >= {"Rocket Team", "Everyone"}
+
+
 def test_login_racing_a_batch_that_creates_the_same_groups(slapd_lab, monkeypatch):
     """Another writer creates and links the user's groups just before the login inserts them,
     so the login's insert fails on the unique constraint (simulated here: the other writer's

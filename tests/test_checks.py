@@ -152,6 +152,41 @@ CASES = [
     case("USER_EXTRA_PROFILES", "testapp.Employee", "E008"),
     case("USER_EXTRA_PROFILES", ["testapp.Badge"], "W006"),
     case("USER_EXTRA_PROFILES", ["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"telephoneNumber": "phone"}},
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"jpegPhoto": "thumbnailphoto"}},
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", [("telephoneNumber", "phone")], "E028"),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": ["phone"]}, "E028",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {5: "phone"}}, "E028",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"telephone number": "phone"}}, "E028",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"telephoneNumber": None}}, "E028",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {("testapp", "Employee"): {"mobile": "phone"}}, "E028",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Missing": {"mobile": "phone"}}, "E029",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"mobile": "phone"}}, "E029"),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"mobile": "fone"}}, "E030",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"roomNumber": "floor"}}, "E030",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"manager": "user"}}, "E030",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"employeeID": "id"}}, "E030",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"thumbnailPhoto": "phone"}}, "E030",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"mobile": "phone",
+         "telephoneNumber": "phone"}}, "E031", USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"mobile": "phone",
+         "Mobile": "title"}}, "E031", USER_EXTRA_PROFILES=["testapp.Employee"]),
+    case("USER_PROFILE_ATTRIBUTES", {"testapp.Employee": {"mobile": "phone"},
+         "testapp.employee": {"title": "title"}}, "E031",
+         USER_EXTRA_PROFILES=["testapp.Employee"]),
     case("USER_CHANGE_FIELDCASE", "Lower", "E010"),
     case("USER_CHANGE_FIELDCASE", "title", "E010"),
     case("USER_CHANGE_FIELDCASE", None),
@@ -282,7 +317,10 @@ def test_every_setting_has_a_validator_and_a_wrong_value_in_the_table() -> None:
 
 def test_every_check_id_is_exercised_and_documented() -> None:
     # W009/W010: the deploy check, which binds to a directory: tests/test_security.py.
-    exercised = set().union(*(c.expected for c in CASES)) | {"W007", "W008", "W009", "W010"}
+    # W011: the schema deploy check: tests/test_profile_attributes.py.
+    exercised = set().union(*(c.expected for c in CASES)) | {
+        "W007", "W008", "W009", "W010", "W011"
+    }
     assert {"adldap_auth." + i for i in exercised} == set(CHECK_IDS)
     assert all(summary.endswith(".") for summary in CHECK_IDS.values())
 
@@ -347,6 +385,7 @@ def test_full_valid_configuration(tmp_path, monkeypatch) -> None:
         },
         "USER_EXTRA_ATTRIBUTES": ["userAccountControl", "department", "title", "thumbnailPhoto"],
         "USER_EXTRA_PROFILES": ["testapp.Employee"],
+        "USER_PROFILE_ATTRIBUTES": {"testapp.Employee": {"telephoneNumber": "phone"}},
         "USER_CHANGE_FIELDCASE": "lower",
         "MULTIVALUE_SEPARATOR": ", ",
         "USER_EXEMPT_FROM_SYNC": ["admin", "guest"],

@@ -251,7 +251,9 @@ def test_slapd_frozen_between_pages_times_out_and_removes_nobody(make_slapd, med
             os.kill(pid, signal.SIGCONT)
         assert failed.status == "failed" and failed.error_kind == "IncompleteRead"
         assert "stopped early: TIMEOUT" in failed.error
-        assert elapsed < 1 + 4  # LDAP_SYNC_OPERATION_TIMEOUT, plus the work itself
+        # Bounded by LDAP_SYNC_OPERATION_TIMEOUT (1 s), not by the frozen server: a hang would
+        # last forever. The margin absorbs a loaded machine; speed is the benchmarks' job.
+        assert elapsed < 30
         assert state()["u11"]["is_active"]
         assert_consistent(media)
         again = run_sync(SyncOptions(mode="full"))
@@ -327,7 +329,8 @@ def test_a_first_uri_that_refuses_connections_fails_over_at_once(make_slapd):
         started = time.monotonic()
         result = run_sync(SyncOptions(mode="full"))
     assert result.status == "success" and result.server == server.uri
-    assert time.monotonic() - started < 1
+    # At once: well under LDAP_SYNC_NETWORK_TIMEOUT (5 s), which a wait for the refused URI costs.
+    assert time.monotonic() - started < 4
     assert SyncRun.objects.get().server == server.uri
 
 

@@ -38,6 +38,7 @@ from adldap_auth.mapping import (
     normalize_dn,
     photo_digest,
     photo_filename,
+    unknown_schema_attributes,
     user_attribute_list,
     validate_photo,
 )
@@ -932,7 +933,9 @@ def test_build_mapping_config_profiles(settings):
     config = build_mapping_config(is_ad=True)
     (spec,) = config.profiles
     assert spec.label == "testapp.Employee"
-    assert spec.text_fields == {"department": 100, "title": 100}
+    assert spec.text_fields == {"department": 100, "title": 100, "phone": 64}
+    assert spec.other_fields == frozenset({"floor"})
+    assert spec.attributes is None  # the naming rule
     assert spec.file_fields == frozenset({"thumbnailphoto", "jpegphoto"})
     assert "thumbnailphoto" in user_attribute_list(config)
     assert "jpegphoto" in user_attribute_list(config)  # the profile has a jpegphoto field too
@@ -940,6 +943,63 @@ def test_build_mapping_config_profiles(settings):
     record = map_user(entry, config)
     assert record.profiles == {"testapp.Employee": {"department": "IT", "title": "Admin"}}
     assert record.photos == {"testapp.Employee": {"thumbnailphoto": JPEG, "jpegphoto": None}}
+
+
+def test_profile_attributes_map_replaces_the_naming_rule_for_that_profile(settings):
+    settings.LDAP_SYNC_USER_EXTRA_PROFILES = ["testapp.Employee"]
+    settings.LDAP_SYNC_USER_EXTRA_ATTRIBUTES = ["userAccountControl", "department"]
+    settings.LDAP_SYNC_USER_PROFILE_ATTRIBUTES = {
+        "testapp.Employee": {"telephoneNumber": "phone", "jpegPhoto": "thumbnailphoto"}
+    }
+    config = build_mapping_config(is_ad=True)
+    (spec,) = config.profiles
+    assert spec.attributes == (("telephonenumber", "phone"), ("jpegphoto", "thumbnailphoto"))
+    # Requested although no other setting names them.
+    assert {"telephonenumber", "jpegphoto"} <= set(user_attribute_list(config))
+    entry = user_entry(department="IT", telephoneNumber=["+1 555 0100", "+1 555 0101"],
+                       jpegPhoto=JPEG, thumbnailPhoto=PNG)  # fmt: skip
+    record = map_user(entry, config)
+    # Only the map: "department" is read but the naming rule no longer fills the profile.
+    assert record.profiles == {"testapp.Employee": {"phone": "+1 555 0100|+1 555 0101"}}
+    assert record.photos == {"testapp.Employee": {"thumbnailphoto": JPEG}}
+    assert map_user(user_entry(), config).profiles == {"testapp.Employee": {"phone": ""}}
+
+
+@pytest.mark.parametrize(
+    "attr_map, message",
+    [
+        ({"telephoneNumber": "fone"}, "'fone', which is not a field of testapp.Employee"),
+        ({"roomNumber": "floor"}, "IntegerField, not a text, file or image field"),
+        ({"a": "phone", "b": "phone"}, "maps both 'a' and 'b' to testapp.Employee.phone"),
+    ],
+)
+def test_build_mapping_config_refuses_a_wrong_profile_map(settings, attr_map, message):
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.LDAP_SYNC_USER_EXTRA_PROFILES = ["testapp.Employee"]
+    settings.LDAP_SYNC_USER_PROFILE_ATTRIBUTES = {"testapp.Employee": attr_map}
+    with pytest.raises(ImproperlyConfigured, match=re.escape(message)):
+        build_mapping_config(is_ad=True)
+
+
+def test_unknown_schema_attributes_name_the_setting_that_maps_them(settings):
+    settings.LDAP_SYNC_USER_ATTRIBUTES = {"uid": "username", "givenNam": "first_name"}
+    settings.LDAP_SYNC_USER_EXTRA_ATTRIBUTES = ["titel", "callbackOnly", "department"]
+    settings.LDAP_SYNC_USER_EXTRA_PROFILES = ["testapp.Employee", "testapp.Badge"]
+    settings.LDAP_SYNC_USER_PROFILE_ATTRIBUTES = {"testapp.Badge": {"employeeNumbr": "number"}}
+    config = build_mapping_config(is_ad=False)
+    schema = {"uid", "givenname", "title", "employeenumber", "entryuuid", "2.5.4.12"}
+    assert unknown_schema_attributes(config, schema) == [
+        ("LDAP_SYNC_USER_ATTRIBUTES", "givenNam"),
+        ("LDAP_SYNC_USER_EXTRA_ATTRIBUTES", "department"),  # fills Employee.department
+        ("LDAP_SYNC_USER_PROFILE_ATTRIBUTES", "employeeNumbr"),
+    ]
+    # "titel" and "callbackOnly" fill no field; photo fields by the naming rule ask nothing;
+    # options and OIDs are looked up by their attribute type.
+    settings.LDAP_SYNC_USER_ATTRIBUTES = {"uid": "username", "2.5.4.12": "last_name"}
+    settings.LDAP_SYNC_USER_EXTRA_ATTRIBUTES = ["titel", "callbackOnly"]
+    settings.LDAP_SYNC_USER_PROFILE_ATTRIBUTES = {"testapp.Badge": {"title;lang-en": "number"}}
+    assert unknown_schema_attributes(build_mapping_config(is_ad=False), schema) == []
 
 
 @pytest.mark.parametrize(

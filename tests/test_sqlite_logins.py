@@ -23,11 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.contrib.auth import authenticate, get_user_model
+from django.db import OperationalError, connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
+from adldap_auth.dbwrite import lock_conflict, write_transaction
 from tests.backend_helpers import login_settings
 from tests.helpers import slapd_settings
 from tests.lab.generator import synthetic
+from tests.lab.spec import LAB_PASSWORD
 from tests.site import Lines, Site, _migrated_sqlite_template
 
 THREADS = 8
@@ -116,6 +121,62 @@ def test_logins_from_8_threads_wait_for_another_process_write_transaction(
     assert users == linked == distinct == members >= len(waited), (users, linked, distinct, members)
 
 
+@pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="SQLite behaviour; runs in the suite's SQLite pass"
+)
+def test_a_cold_full_run_with_default_options_writes_every_user_while_8_threads_log_in(
+    make_slapd, tmp_path, tmp_path_factory
+):
+    # Django's default SQLite OPTIONS (deferred transactions, 5 s busy timeout): the run's
+    # batch transactions and the logins' read before they write, and would fail each
+    # other's writes at once (the run `partial`, hundreds of users not written) if each did
+    # not take the write lock first (adldap_auth.dbwrite.write_transaction).
+    spec = synthetic(users=1000, groups=60, seed=19, passwords=1000)
+    server = make_slapd(spec=spec)
+    site = sqlite_site(_migrated_sqlite_template(tmp_path_factory), tmp_path)
+    figures = logins_during_a_cold_full_run(server, site, tmp_path, passwords=1000)
+    assert (figures["run_status"], figures["run_errors"]) == ("success", 0), figures
+    assert figures["outcomes"] == {"ok": figures["logins_during_run"]}, figures
+    [(users, linked)] = site.query(
+        "SELECT count(*), (SELECT count(*) FROM adldap_auth_directoryuser) FROM auth_user"
+    )
+    enabled = sum(1 for user in spec.users if not user.disabled)
+    assert users == linked == enabled, (users, linked, enabled, figures)
+
+
+@pytest.mark.django_db(transaction=True)  # the retry is outside any transaction of the caller
+def test_django_auth_ldap_user_save_meeting_the_lock_is_tried_again(slapd_lab, monkeypatch):
+    # django-auth-ldap saves the user itself after our writes; on SQLite that save waits for
+    # a batch transaction no longer than the busy timeout, then fails "database is locked".
+    User = get_user_model()
+    original, failures = User.save, []
+
+    def save(user, *args: Any, **kwargs: Any) -> None:
+        if len(failures) < 2:
+            cause = sqlite3.OperationalError("database is locked")
+            cause.sqlite_errorcode = sqlite3.SQLITE_BUSY
+            failures.append(cause)
+            raise OperationalError(str(cause)) from cause
+        original(user, *args, **kwargs)
+
+    monkeypatch.setattr(User, "save", save)
+    with override_settings(**storm_settings(slapd_lab)):
+        user = authenticate(username="alice", password=LAB_PASSWORD)
+    assert len(failures) == 2 and user is not None and user.username == "alice"
+    assert not lock_conflict(OperationalError("no such table: x"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_write_transaction_takes_the_write_lock_first_on_sqlite_only():
+    outer, inner = CaptureQueriesContext(connection), CaptureQueriesContext(connection)
+    with outer, write_transaction(), inner, write_transaction():
+        pass  # the inner one is nested: a savepoint, nothing more
+    taken = [q["sql"] for q in outer.captured_queries if "WHERE 0 = 1" in q["sql"]]
+    expected = connection.vendor == "sqlite" and connection.transaction_mode is None
+    assert len(taken) == (1 if expected else 0), outer.captured_queries
+    assert not any("WHERE 0 = 1" in q["sql"] for q in inner.captured_queries)
+
+
 def _when(value: Any) -> float:
     """A SQLite datetime column (text) as wall-clock seconds."""
     return datetime.fromisoformat(str(value).replace(" ", "T")).timestamp()
@@ -127,33 +188,42 @@ def logins_during_a_cold_full_run(
     directory: Path,
     passwords: int,
     threads: int = THREADS,
+    run_options: dict[str, Any] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Run ``syncldap full`` on the empty ``site`` while ``threads`` threads log the first
-    ``passwords`` users in; the figures of the logins made during the run, and of the run."""
+    ``passwords`` users in; the figures of the logins made during the run, and of the run.
+    ``run_options``: other database ``OPTIONS`` for the run's process only."""
     usernames = [user.key for user in server.spec.users[:passwords] if not user.disabled]
     site_settings = storm_settings(server, **settings)
     storm = Storm(site, directory, usernames, site_settings, threads)
+    runner = site
+    if run_options is not None:
+        runner = Site({**site.db, "OPTIONS": run_options}, site.sqlite_path)
     try:
-        run = site.run_manage("syncldap", "full", "--json", settings=site_settings, timeout=1800)
+        run = runner.run_manage("syncldap", "full", "--json", settings=site_settings, timeout=1800)
     finally:
         logins = storm.stop()
-    assert run.returncode == 0, run.stderr[-3000:]
-    summary = json.loads(run.stdout)
-    [(started, finished)] = site.query("SELECT started_at, finished_at FROM adldap_auth_syncrun")
+    # The run's record, also when the run failed (exit status 1, no JSON summary).
+    [(started, finished, status, counts, error, problems)] = site.query(
+        "SELECT started_at, finished_at, status, counts, error, problems FROM adldap_auth_syncrun"
+    )
+    counts = site.json_value(counts)
     begin, end = _when(started), _when(finished)
     during = [login for login in logins if login[0] >= begin and login[1] <= end]
     spans = sorted(stop - start for start, stop, _outcome in during)
     return {
-        "run_status": summary["status"],
-        "run_errors": summary["counts"].get("errors", 0),
+        "run_status": status,
+        "run_exit": run.returncode,
+        "run_error": error,
+        "run_errors": counts.get("errors", 0),
         "run_seconds": round(end - begin, 2),
-        "users_created": summary["counts"].get("users_created", 0),
+        "users_created": counts.get("users_created", 0),
         "logins_during_run": len(during),
         "outcomes": dict(kinds(during)),
         "failures": [outcome for *_, outcome in during if outcome != "ok"][:5],
         "login_ms_median": round(1000 * spans[len(spans) // 2], 1) if spans else None,
         "login_ms_p95": round(1000 * spans[int(len(spans) * 0.95)], 1) if spans else None,
         "login_ms_max": round(1000 * spans[-1], 1) if spans else None,
-        "problems": summary.get("problems", [])[:3],
+        "problems": site.json_value(problems)[:5],
     }

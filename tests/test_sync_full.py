@@ -239,3 +239,26 @@ def test_seed_per_user_filter_mode_works_across_pages(slapd_lab):
     closure = slapd_lab.spec.expected_groups()
     state = django_state()
     assert {key: state[key]["groups"] for key in state} == {key: closure[key] for key in state}
+
+
+def test_memberships_of_a_first_run_are_inserted_a_batch_per_statement(make_slapd):
+    """The store inserts new memberships with ``bulk_create(ignore_conflicts=True)``: a few
+    INSERTs for a first run's 600 rows (SQLite takes ~500 rows a statement), never one per row."""
+    from tests.lab.spec import DirectorySpec, GroupSpec, UserSpec
+
+    users = [UserSpec(f"user{i:03d}", "User", f"Number{i}") for i in range(300)]
+    spec = DirectorySpec(
+        users=users,
+        groups=[
+            GroupSpec("Everyone", members=[u.key for u in users]),
+            GroupSpec("Even", members=[u.key for u in users[::2]]),
+            GroupSpec("Odd", members=[u.key for u in users[1::2]]),
+        ],
+    )
+    server = make_slapd(spec=spec)
+    through = get_user_model().groups.through
+    with override_settings(**slapd_settings(server)), count_writes() as writes:
+        assert run_sync(SyncOptions(mode="full")).ok
+    assert through.objects.count() == 600
+    inserts = [sql for sql in writes if sql.startswith("INSERT") and through._meta.db_table in sql]
+    assert 1 <= len(inserts) <= 3, len(inserts)

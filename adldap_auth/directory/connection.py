@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import ldap
+import ldap.schema
 from ldap.controls import SimplePagedResultsControl
 from ldap.ldapobject import LDAPObject
 
@@ -87,6 +88,9 @@ class RootDSE:
     #: SIDs of the bound account's token (AD's rootDSE ``tokenGroups``), for
     #: :attr:`privileged_groups`; empty elsewhere.
     token_sids: tuple[str, ...] = ()
+    #: The DN of the entry holding the server's schema (RFC 4512, 5.1), for
+    #: :meth:`DirectorySession.attribute_types`.
+    subschema_subentry: str | None = None
 
     @property
     def privileged_groups(self) -> list[str]:
@@ -409,6 +413,7 @@ class DirectorySession:
                 "currentTime",
                 "vendorName",
                 "tokenGroups",  # AD: the SIDs of the bound account's token
+                "subschemaSubentry",
             ],
         )
         if entry is None:
@@ -431,7 +436,22 @@ class DirectorySession:
             current_time=entry.text("currentTime"),
             vendor=entry.text("vendorName"),
             token_sids=tuple(_sids(entry.attrs.get("tokengroups", ()))),
+            subschema_subentry=entry.text("subschemaSubentry"),
         )
+
+    def attribute_types(self, subschema_dn: str | None) -> frozenset[str] | None:
+        """The names and OIDs (lower-case) of every attribute type of the server's schema,
+        read from the subschema entry ``subschema_dn`` (the rootDSE's ``subschemaSubentry``)
+        in one search; None when the server does not publish a readable schema."""
+        if not subschema_dn:
+            return None
+        try:
+            entry = self.read_entry(subschema_dn, ["attributeTypes"])
+            values = entry.attrs.get("attributetypes") if entry is not None else None
+            return attribute_type_names(values) if values else None
+        except (DirectoryError, ValueError, LookupError) as error:  # unreadable, unparsable
+            logger.info("%s: the schema in %r is not readable: %s", self.uri, subschema_dn, error)
+            return None
 
     def read_entry(self, dn: str, attrlist: Iterable[str]) -> Entry | None:
         """A base-scope read of one entry; None when it does not exist."""
@@ -551,6 +571,17 @@ class DirectorySession:
                     return list(values), match["end"]
             return [], "*"  # the attribute has no values past ``start``
         return None
+
+
+def attribute_type_names(values: Iterable[bytes]) -> frozenset[str]:
+    """The names and OIDs (lower-case) of the ``attributeTypes`` values of a subschema entry,
+    parsed by python-ldap's :class:`ldap.schema.SubSchema`."""
+    schema = ldap.schema.SubSchema({"attributeTypes": list(values)}, check_uniqueness=0)
+    names: set[str] = set()
+    for oid in schema.listall(ldap.schema.AttributeType):
+        names.add(oid.lower())
+        names.update(name.lower() for name in schema.get_obj(ldap.schema.AttributeType, oid).names)
+    return frozenset(names)
 
 
 def _sids(values: Iterable[bytes]) -> Iterator[str]:

@@ -3,11 +3,17 @@
 Exit status: 0 the run succeeded (or completed with per-entry problems: status "partial");
 1 the run failed (recorded as failed); 2 wrong arguments; 3 another run holds the lock
 (nothing was done or recorded).
+
+``--verbosity 0`` (cron) prints nothing on success: no summary, and adldap-auth's INFO records
+are kept off the site's console logging handlers for the run (see :func:`quiet_console`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -18,6 +24,57 @@ from adldap_auth.sync import SyncOptions, SyncResult, run_sync
 
 #: Exit status when another run holds the lock.
 EXIT_LOCKED = 3
+
+#: The loggers whose records ``--verbosity 0`` keeps off the terminal (below WARNING).
+QUIET_LOGGERS = "adldap_auth"
+
+
+def _below_warning_from_adldap_auth(record: logging.LogRecord) -> bool:
+    """Filter: False (drop) for adldap-auth's DEBUG and INFO records."""
+    quiet = record.name == QUIET_LOGGERS or record.name.startswith(QUIET_LOGGERS + ".")
+    return not (quiet and record.levelno < logging.WARNING)
+
+
+def _console_handlers() -> list[logging.Handler]:
+    """The handlers that write adldap-auth's records to a terminal stream: stream handlers
+    (not file handlers) on the ``adldap_auth`` loggers and on their ancestors."""
+    loggers: list[logging.Logger] = [
+        log
+        for name, log in logging.root.manager.loggerDict.items()
+        if isinstance(log, logging.Logger) and name.startswith(QUIET_LOGGERS + ".")
+    ]
+    log: logging.Logger | None = logging.getLogger(QUIET_LOGGERS)
+    while log is not None:
+        loggers.append(log)
+        log = log.parent if log.propagate else None
+    handlers: list[logging.Handler] = []
+    for log in loggers:
+        for handler in log.handlers:
+            console = isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler, logging.FileHandler
+            )
+            if console and handler not in handlers:
+                handlers.append(handler)
+    return handlers
+
+
+@contextlib.contextmanager
+def quiet_console(enabled: bool) -> Iterator[None]:
+    """``--verbosity 0`` means silence on success, as cron expects: a console handler of the
+    site's ``LOGGING`` (such as the documentation's example) would otherwise print the run's
+    INFO lines (lock taken, run started, lock released), which cron mails. Warnings and
+    errors still reach the console; file, syslog and other handlers keep every record."""
+    if not enabled:
+        yield
+        return
+    handlers = _console_handlers()
+    for handler in handlers:
+        handler.addFilter(_below_warning_from_adldap_auth)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_below_warning_from_adldap_auth)
 
 
 class Command(BaseCommand):
@@ -71,14 +128,15 @@ class Command(BaseCommand):
             and self.stderr.isatty()
         )
         try:
-            result = run_sync(
-                SyncOptions(
-                    mode=options["mode"],
-                    dry_run=options["dry_run"],
-                    force_removals=options["force_removals"],
-                    progress=self._progress if show_progress else None,
+            with quiet_console(options["verbosity"] == 0):
+                result = run_sync(
+                    SyncOptions(
+                        mode=options["mode"],
+                        dry_run=options["dry_run"],
+                        force_removals=options["force_removals"],
+                        progress=self._progress if show_progress else None,
+                    )
                 )
-            )
         except LockHeld as held:
             raise CommandError(f"{held}; nothing was done", returncode=EXIT_LOCKED) from None
         if show_progress:

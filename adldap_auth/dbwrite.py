@@ -1,0 +1,116 @@
+"""Write transactions that wait their turn for SQLite's write lock, and lock conflicts.
+
+SQLite lets one connection write at a time. With its default *deferred* transactions, a
+transaction takes the write lock at its first write; one that has *read* first and then meets
+another writer's lock fails at once with "database is locked": SQLite does not wait (the busy
+timeout does not apply), as waiting could deadlock. The batch run and the login path both read
+before writing in their transactions, so each would fail the other's writes.
+
+:func:`write_transaction` is ``transaction.atomic()`` that, on SQLite, takes the write lock
+*first* (a write that changes nothing, as the transaction's first statement): the transaction
+then waits for another writer for up to the connection's busy timeout (``OPTIONS["timeout"]``,
+5 s by default) instead of failing, whatever the site's ``OPTIONS``. Nothing is added when the
+database's ``transaction_mode`` is already ``IMMEDIATE`` or ``EXCLUSIVE`` (``BEGIN`` takes the
+lock), inside a transaction already open, or on other databases (PostgreSQL, MariaDB lock
+rows, not the database).
+
+:func:`lock_conflict` tells a lock conflict (a wait beyond the busy timeout, a deadlock) from
+other database errors: another attempt after a pause usually succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+
+logger = logging.getLogger("adldap_auth.login")
+T = TypeVar("T")
+
+__all__ = [
+    "LOCKED_FIRST_PAUSE",
+    "LOCKED_MAX_PAUSE",
+    "LOCKED_RETRY_SECONDS",
+    "lock_conflict",
+    "retry_locked",
+    "write_transaction",
+]
+
+#: A write that meets a lock conflict is tried again after a pause, doubled each time from the
+#: first to the longest (with jitter), for at most LOCKED_RETRY_SECONDS (seconds) in all.
+LOCKED_FIRST_PAUSE, LOCKED_MAX_PAUSE, LOCKED_RETRY_SECONDS = 0.05, 1.0, 15.0
+
+#: How the databases word a lock conflict (lower case), when the driver's error has no code.
+_LOCKED_MESSAGES = ("database is locked", "database table is locked", "deadlock", "lock wait timeout")
+#: SQLite's primary result codes of a lock conflict (extended codes keep them in the low byte).
+_SQLITE_LOCK_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+@contextmanager
+def write_transaction(using: str | None = None) -> Iterator[None]:
+    """``transaction.atomic(using)`` that, when it opens a SQLite transaction, takes the
+    write lock before anything else (waiting up to the busy timeout for it)."""
+    alias = using or DEFAULT_DB_ALIAS
+    connection = connections[alias]
+    opens = connection.vendor == "sqlite" and not connection.in_atomic_block
+    opens = opens and connection.get_autocommit()
+    with transaction.atomic(using=alias):
+        if opens and getattr(connection, "transaction_mode", None) not in ("IMMEDIATE", "EXCLUSIVE"):
+            _take_write_lock(connection)
+        yield
+
+
+def _take_write_lock(connection) -> None:
+    """A write that matches no row: SQLite starts the write transaction (RESERVED lock),
+    waiting for the busy timeout while another connection writes."""
+    from .models import SyncLock  # a small table of this app, present wherever it is migrated
+
+    table = connection.ops.quote_name(SyncLock._meta.db_table)
+    pk = connection.ops.quote_name(SyncLock._meta.pk.column)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET {pk} = {pk} WHERE 0 = 1")
+
+
+def lock_conflict(error: BaseException) -> bool:
+    """Whether the database refused a write because another writer held the lock: SQLite's
+    SQLITE_BUSY / SQLITE_LOCKED (a wait beyond the busy timeout, or a deferred transaction
+    that read first), MariaDB/MySQL's deadlock and lock wait timeout (errors 1213 and 1205),
+    PostgreSQL's deadlock and serialization failure (SQLSTATE 40P01 and 40001). The
+    transaction was rolled back; another attempt after a pause usually succeeds. The error's
+    message is the fallback when the driver gives no code."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    sqlite_code = getattr(cause, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        return sqlite_code & 0xFF in _SQLITE_LOCK_CODES
+    args = getattr(cause, "args", None) or (None,)
+    if args[0] in (1205, 1213) or getattr(cause, "sqlstate", None) in ("40P01", "40001"):
+        return True
+    if getattr(cause, "sqlstate", None) is not None or isinstance(args[0], int):
+        return False  # a coded error of another kind
+    message = str(error).lower()
+    return any(phrase in message for phrase in _LOCKED_MESSAGES)
+
+
+def retry_locked(func: Callable[[], T], what: str, using: str | None = None) -> T:
+    """``func()``, called again after a growing pause while it fails on a lock conflict, for
+    at most :data:`LOCKED_RETRY_SECONDS`; outside a transaction of the caller only (inside
+    one, the conflict rolled back more than ``func``'s work: the error is raised)."""
+    connection = connections[using or DEFAULT_DB_ALIAS]
+    pause, until = LOCKED_FIRST_PAUSE, None
+    while True:
+        try:
+            return func()
+        except DatabaseError as error:
+            now = time.monotonic()
+            until = until or now + LOCKED_RETRY_SECONDS
+            if not lock_conflict(error) or connection.in_atomic_block or now >= until:
+                raise
+            logger.info("%s: the database is busy (%s); trying again", what, error)
+            time.sleep(min(pause * random.uniform(0.5, 1.0), until - now))
+            pause = min(pause * 2, LOCKED_MAX_PAUSE)
