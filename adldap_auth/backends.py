@@ -40,11 +40,10 @@ site sets explicitly still wins for the login path):
 
 On each login (:meth:`ADLDAPBackend.get_or_build_user`), the user's entry is mapped by
 :func:`adldap_auth.mapping.map_user`, its groups are found (:func:`adldap_auth.login.user_groups`:
-one search on AD, the cached group graph elsewhere) and everything is written by
-:class:`adldap_auth.store.Store`: fields, profiles, photo, identity link, memberships (recursive,
-AD primary group included). The Django user is found by identity link (objectGUID/entryUUID)
-first, so a renamed account keeps its Django user. After the bind: 2 LDAP searches on AD, 1
-elsewhere once the group graph is cached.
+its direct groups read live, the nesting above them from the batch's group graph) and everything
+is written by :class:`adldap_auth.store.Store`: fields, profiles, photo, identity link,
+memberships (recursive, AD primary group included). The Django user is found by identity link
+(objectGUID/entryUUID) first, so a renamed account keeps its Django user.
 
 Refused, without touching Django: names in ``LDAP_SYNC_USER_EXEMPT_FROM_SYNC`` (no LDAP traffic
 at all, so a local ``admin`` is never overwritten nor its password sent to the directory);

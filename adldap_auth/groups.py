@@ -138,10 +138,6 @@ class GroupGraph:
         guid = self._sid_index.get(sid)
         return None if guid is None else self._records[guid]
 
-    def find_by_dn(self, dn: str) -> GroupRecord | None:
-        index = self._dn_index.get(normalize_dn(dn))
-        return None if index is None else self._records[self._guids[index]]
-
     def user_keys(self) -> set[str]:
         """Every member key that is not a group of the graph."""
         return set(self._user_direct)
@@ -152,18 +148,6 @@ class GroupGraph:
         """The group itself and every group above it (``KeyError`` for an unknown guid)."""
         index = self._guid_index[group_guid]
         return self._ancestors[self._component[index]]
-
-    def direct_groups(
-        self, member_key: str, primary_group_sid: str | None = None
-    ) -> frozenset[str]:
-        """Guids of the groups that list ``member_key``, plus the primary group if given."""
-        direct = self._user_direct.get(member_key, _EMPTY)
-        primary = self._primary_index(primary_group_sid)
-        guids = self._guids
-        result = {guids[i] for i in direct}
-        if primary is not None:
-            result.add(guids[primary])
-        return frozenset(result)
 
     def groups_for(self, member_key: str, primary_group_sid: str | None = None) -> frozenset[str]:
         """Guids of every group the member is in, directly or through nesting.

@@ -91,7 +91,6 @@ __all__ = [
     "UserRecord",
     "build_mapping_config",
     "decode_identity",
-    "entry_from_attrs",
     "fieldcase",
     "group_attribute_list",
     "is_email_address",
@@ -778,24 +777,6 @@ def decode_identity(attr: str, raw: bytes) -> str:
         return str(uuid.UUID(text))
     except ValueError:
         return text.lower()
-
-
-def entry_from_attrs(dn: str, attrs: Mapping[str, Iterable[str | bytes]]) -> Entry:
-    """An :class:`~adldap_auth.directory.Entry` from an attribute dict of another origin.
-
-    For the login backend: django-auth-ldap hands over ``ldap_user.attrs`` with the values it
-    could decode as UTF-8 turned into ``str`` (and the others left as ``bytes``). Encoding
-    them back is lossless, so the mapper sees exactly what the batch sync sees. Names are
-    lower-cased and ranged options (``member;range=0-1499``) dropped, values of the same
-    attribute merged.
-    """
-    result: dict[str, list[bytes]] = {}
-    for name, values in attrs.items():
-        key = name.lower().split(";", 1)[0]
-        result.setdefault(key, []).extend(
-            value.encode("utf-8") if isinstance(value, str) else bytes(value) for value in values
-        )
-    return Entry(dn, result)
 
 
 def _identity(entry: Entry, config: MappingConfig) -> str:

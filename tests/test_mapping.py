@@ -28,7 +28,6 @@ from adldap_auth.mapping import (
     _normalize_dn_parsed,
     build_mapping_config,
     decode_identity,
-    entry_from_attrs,
     fieldcase,
     group_attribute_list,
     is_email_address,
@@ -1033,26 +1032,3 @@ def test_guid_helper_round_trip():
     assert decode_identity("objectguid", uuid.UUID(GUID).bytes_le) == GUID
 
 
-def test_entry_from_django_auth_ldap_attrs_round_trips():
-    """django-auth-ldap decodes what it can: encoding back gives the batch sync's bytes."""
-    raw_guid = guid_to_bytes(GUID)
-    native = user_entry(thumbnailPhoto=JPEG, department=["R&D", "Zoë"])
-    decoded = {}
-    for name, values in native.attrs.items():
-        out = []
-        for value in values:
-            try:
-                out.append(value.decode("utf-8"))
-            except UnicodeDecodeError:
-                out.append(value)
-        decoded[name.upper() if name == "mail" else name] = out
-    rebuilt = entry_from_attrs(native.dn, decoded)
-    assert rebuilt.attrs == native.attrs
-    assert rebuilt.first("objectguid") == raw_guid
-    config = make_config()
-    assert map_user(rebuilt, config) == map_user(native, config)
-
-
-def test_entry_from_attrs_merges_ranges():
-    entry = entry_from_attrs("cn=g", {"member;range=0-1": ["a", "b"], "Member": [b"c"]})
-    assert entry.attrs == {"member": [b"a", b"b", b"c"]}

@@ -10,10 +10,6 @@ from datetime import UTC, datetime, timedelta
 UF_ACCOUNTDISABLE = 0x0002
 UF_NORMAL_ACCOUNT = 0x0200
 
-_FILETIME_EPOCH = datetime(1601, 1, 1, tzinfo=UTC)
-#: FILETIME values meaning "never" (accountExpires).
-FILETIME_NEVER = (0, 0x7FFFFFFFFFFFFFFF)
-
 
 def guid_to_str(raw: bytes) -> str:
     """objectGUID (16 bytes, little-endian fields) to its canonical UUID string."""
@@ -85,13 +81,3 @@ def parse_generalized_time(value: str | bytes) -> datetime:
 def format_generalized_time(moment: datetime, fmt: str = "%Y%m%d%H%M%S.0Z") -> str:
     """Aware datetime to GeneralizedTime in UTC, by ``LDAP_SYNC_INCREMENTAL_TIMESTAMPFORMAT``."""
     return moment.astimezone(UTC).strftime(fmt)
-
-
-def filetime_to_datetime(value: int | str | bytes) -> datetime | None:
-    """AD FILETIME (100 ns ticks since 1601) to an aware datetime; None for "never"."""
-    if isinstance(value, bytes):
-        value = value.decode("ascii")
-    ticks = int(value)
-    if ticks in FILETIME_NEVER:
-        return None
-    return _FILETIME_EPOCH + timedelta(microseconds=ticks // 10)
