@@ -51,6 +51,10 @@ TEMPLATES = [
     },
 ]
 
+#: The test database's name (None: Django's "test_test"). Two suites running at once on one
+#: server need different names: ``ADLDAP_TEST_DB_NAME=test_mine``.
+TEST_DATABASE_NAME = os.environ.get("ADLDAP_TEST_DB_NAME") or None
+
 if os.environ.get("ADLDAP_TEST_DB") == "postgres":
     DATABASES = {
         "default": {
@@ -60,6 +64,7 @@ if os.environ.get("ADLDAP_TEST_DB") == "postgres":
             "NAME": "test",
             "USER": "postgres",
             "PASSWORD": "",
+            "TEST": {"NAME": TEST_DATABASE_NAME},
         }
     }
 elif os.environ.get("ADLDAP_TEST_DB") == "mariadb":
@@ -74,7 +79,7 @@ elif os.environ.get("ADLDAP_TEST_DB") == "mariadb":
             "USER": "root",
             "PASSWORD": "",
             "OPTIONS": {"charset": "utf8mb4"},
-            "TEST": {"CHARSET": "utf8mb4"},
+            "TEST": {"CHARSET": "utf8mb4", "NAME": TEST_DATABASE_NAME},
         }
     }
 else:
