@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-sqlite test-postgres test-mariadb test-user-models test-topology lint deps venv bench docs clean sdist-check
+.PHONY: demo check test test-sqlite test-postgres test-mariadb test-user-models test-topology lint deps venv bench docs clean sdist-check
 
 deps:
 	sh .ci/install-system-deps
@@ -19,6 +19,12 @@ $(VENV)/.installed: setup.cfg setup.py
 venv: deps $(VENV)/.installed
 
 test: venv lint docs test-sqlite test-user-models test-postgres test-mariadb test-matrix
+
+# The edit-test loop (under 90 s): lint, then the tests of tests/unit and tests/slapd on SQLite,
+# without the Samba DC and the long scenarios. `make test` runs everything.
+check: venv
+	$(VENV)/bin/ruff check adldap_auth tests example_site benchmarks
+	$(PY) -m pytest -p no:cacheprovider -q -m "not samba and not slow" tests/unit tests/slapd $(PYTEST_ARGS)
 
 test-sqlite: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -42,14 +48,14 @@ test-mariadb: venv
 	elif [ -n "$$CI" ]; then echo "MariaDB at 127.0.0.1:3306 is required in CI" >&2; exit 1; \
 	else echo "MariaDB at 127.0.0.1:3306 not reachable: the MariaDB pass is not run"; fi
 
-# AUTH_USER_MODEL is fixed for a process: tests/test_custom_user_models.py runs once more for
-# each custom user model, on the database of ADLDAP_TEST_DB (SQLite when unset). auth.User's
+# AUTH_USER_MODEL is fixed for a process: tests/slapd/test_custom_user_models.py runs once more
+# for each custom user model, on the database of ADLDAP_TEST_DB (SQLite when unset). auth.User's
 # tests of that module run in every pass above.
 USER_MODEL_SETTINGS = tests.settings_person tests.settings_email_user
 test-user-models: venv
 	@for ds in $(USER_MODEL_SETTINGS); do \
 		echo "AUTH_USER_MODEL of $$ds, database $${ADLDAP_TEST_DB:-sqlite}"; \
-		$(PY) -m pytest --ds $$ds tests/test_custom_user_models.py $(PYTEST_ARGS) || exit 1; \
+		$(PY) -m pytest --ds $$ds tests/slapd/test_custom_user_models.py $(PYTEST_ARGS) || exit 1; \
 	done
 
 # Several directory servers (a replicating pair of Samba AD DCs in network namespaces, 389-DS):

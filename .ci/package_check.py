@@ -43,16 +43,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SDIST_TESTS = [
     "-m",
     "not samba and not browser and not slow and not topology",
-    "tests/test_conf.py",
-    "tests/test_checks.py",
-    "tests/test_mapping.py",
-    "tests/test_sync_full.py",
-    "tests/test_sync_incremental.py",
-    "tests/test_backend_slapd.py",
-    "tests/test_custom_user_models.py",
-    "tests/test_admin.py",
-    "tests/test_lab_slapd.py",
-    "tests/test_docs.py",
+    "tests/unit/test_conf.py",
+    "tests/unit/test_checks.py",
+    "tests/unit/test_mapping.py",
+    "tests/samba/test_sync_full.py",
+    "tests/slapd/test_sync_incremental.py",
+    "tests/slapd/test_backend_slapd.py",
+    "tests/slapd/test_custom_user_models.py",
+    "tests/slapd/test_admin.py",
+    "tests/slapd/test_lab_slapd.py",
+    "tests/unit/test_docs.py",
 ]
 
 

@@ -7,7 +7,7 @@
 Sizes are ``<users>`` (groups = users / 10) or ``<users>/<groups>``; ``k`` means thousands.
 The table goes to stdout and to ``--out`` (default ``benchmarks/RESULTS.md``) with the machine
 it ran on; progress goes to stderr. Never part of the test suite's timing: the suite only runs
-a tiny smoke size (``tests/test_bench_smoke.py``).
+a tiny smoke size (``tests/system/test_bench_smoke.py``).
 """
 
 from __future__ import annotations

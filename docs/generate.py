@@ -8,7 +8,7 @@ or ``docs/settings_doc.py``::
     python docs/generate.py          # rewrite the generated blocks
     python docs/generate.py --check  # exit 1 when a committed block is out of date
 
-``tests/test_docs.py`` fails when a committed block differs from what the code produces.
+``tests/unit/test_docs.py`` fails when a committed block differs from what the code produces.
 
 Blocks (``<!-- adldap-auth:NAME:begin ... -->`` ... ``<!-- adldap-auth:NAME:end -->``):
 
@@ -157,7 +157,7 @@ def render_settings() -> str:
                 "",
             ]
     undocumented = [n for n in conf.DEFAULTS if n not in doc.SETTINGS]
-    if undocumented:  # tests/test_docs.py fails too; the page says so rather than hiding them
+    if undocumented:  # tests/unit/test_docs.py fails too; the page says so rather than hiding them
         lines += ["## Not yet described", ""]
         lines += [f"- `{conf.PREFIX}{n}`: {default_text(n)}" for n in undocumented]
         lines.append("")

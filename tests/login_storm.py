@@ -1,6 +1,6 @@
 """``python -m tests.login_storm``: password logins from several threads, in a site process.
 
-For the tests of logins during a batch run (:mod:`tests.test_sqlite_logins`). Runs with
+For the tests of logins during a batch run (:mod:`tests.system.test_sqlite_logins`). Runs with
 :mod:`tests.site_settings` (see :class:`tests.site.Site`), configured by environment variables:
 
 - ``ADLDAP_STORM_USERS``: the usernames to log in (comma-separated), in turn;

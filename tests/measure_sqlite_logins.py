@@ -1,7 +1,7 @@
 """``python -m tests.measure_sqlite_logins USERS GROUPS [PASSWORDS]``: logins from 8 threads
 during a cold ``syncldap full`` on SQLite, at any size; prints the figures as JSON.
 
-The measurement of :mod:`tests.test_sqlite_logins`, against a throwaway lab slapd loaded with
+The measurement of :mod:`tests.system.test_sqlite_logins`, against a throwaway lab slapd loaded with
 ``synthetic(USERS, GROUPS)`` (the first PASSWORDS users, default 2,000, can log in).
 ``$ADLDAP_STORM_DB_OPTIONS``: the SQLite database's ``OPTIONS`` as JSON (e.g.
 ``{"transaction_mode": "IMMEDIATE"}``); ``$ADLDAP_STORM_SETTINGS``: more ``LDAP_SYNC_*``
@@ -25,7 +25,7 @@ django.setup()
 from tests.lab.generator import synthetic  # noqa: E402
 from tests.lab.slapd import LabSlapd  # noqa: E402
 from tests.site import Site  # noqa: E402
-from tests.test_sqlite_logins import logins_during_a_cold_full_run, sqlite_site  # noqa: E402
+from tests.system.test_sqlite_logins import logins_during_a_cold_full_run, sqlite_site  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

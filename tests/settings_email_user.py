@@ -1,6 +1,6 @@
 """The suite's settings with ``AUTH_USER_MODEL = "emailuser.EmailUser"`` (``AbstractBaseUser`` +
 ``PermissionsMixin``, ``USERNAME_FIELD = "email"``, no first or last name):
-``pytest --ds tests.settings_email_user tests/test_custom_user_models.py``
+``pytest --ds tests.settings_email_user tests/slapd/test_custom_user_models.py``
 (``make test-user-models``). The database follows ``ADLDAP_TEST_DB`` as in :mod:`tests.settings`,
 under a test database name of its own."""
 

@@ -1,5 +1,5 @@
 """The suite's settings with ``AUTH_USER_MODEL = "customuser.Person"`` (an ``AbstractUser``
-subclass with an extra field): ``pytest --ds tests.settings_person tests/test_custom_user_models.py``
+subclass with an extra field): ``pytest --ds tests.settings_person tests/slapd/test_custom_user_models.py``
 (``make test-user-models``). The database follows ``ADLDAP_TEST_DB`` as in :mod:`tests.settings`,
 under a test database name of its own."""
 

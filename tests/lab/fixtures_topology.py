@@ -13,7 +13,7 @@ with the reason, except in CI (``CI`` set), where a missing lab is a failure.
 Selection: tests marked ``topology`` cost minutes of servers, so a plain ``pytest`` run (the
 edit-test loop, ``make test``) deselects them; ``pytest -m topology`` (``make
 test-topology``, CI) runs them, and so does naming their files or node ids on the command
-line (``pytest tests/test_topology_dc_pair.py``).
+line (``pytest tests/system/test_topology_dc_pair.py``).
 """
 
 from __future__ import annotations

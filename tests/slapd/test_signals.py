@@ -14,7 +14,7 @@ from adldap_auth.models import SyncRun
 from adldap_auth.sync import SyncOptions, run_sync
 from tests.helpers import slapd_settings
 from tests.lab.spec import DirectorySpec, GroupSpec
-from tests.test_admin import small_company
+from tests.slapd.test_admin import small_company
 
 pytestmark = pytest.mark.django_db
 

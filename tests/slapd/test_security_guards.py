@@ -416,7 +416,7 @@ def test_a_run_that_stops_mid_read_removes_no_membership(make_slapd):
         FAULTS[:] = [server.stop]
         try:
             with override_settings(
-                LDAP_SYNC_USER_CALLBACKS=["tests.test_security_guards.inject_fault"]
+                LDAP_SYNC_USER_CALLBACKS=["tests.slapd.test_security_guards.inject_fault"]
             ):
                 failed = run_sync(SyncOptions(mode="full"))
         finally:

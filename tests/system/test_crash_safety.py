@@ -43,7 +43,7 @@ from tests.lab.generator import mutate, synthetic
 from tests.lab.slapd import LabSlapd
 from tests.lab.spec import DirectorySpec
 from tests.site import Site
-from tests.test_sync_incremental import assert_matches_spec
+from tests.slapd.test_sync_incremental import assert_matches_spec
 
 USERS, GROUPS = 2000, 200
 #: What happens to the directory between an interrupted run and the next one: nothing, the

@@ -1,6 +1,6 @@
 """Site settings other than the lab's: ``USE_TZ = False`` and ``ATOMIC_REQUESTS = True``.
 
-Also a URLconf (``ROOT_URLCONF = "tests.test_site_settings"``): views that log a person in
+Also a URLconf (``ROOT_URLCONF = "tests.slapd.test_site_settings"``): views that log a person in
 through the backend, and commit or fail, as a site's own login views do.
 """
 

@@ -163,7 +163,7 @@ def test_conf_and_callbacks_import_without_django_settings() -> None:
         "print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=root,

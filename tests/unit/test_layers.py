@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "adldap_auth"
+PACKAGE = Path(__file__).resolve().parents[2] / "adldap_auth"
 
 #: module (first part of its path in the package) -> package modules it must not import.
 FORBIDDEN = {

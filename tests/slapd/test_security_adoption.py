@@ -391,7 +391,7 @@ def test_a_recreated_account_whose_old_entry_still_exists_is_refused_with_the_re
 @pytest.mark.skipif(
     connection.vendor == "mysql",
     reason="MariaDB's case-insensitive collation refuses two usernames differing only in case; "
-    "tests/test_case_insensitive_names.py covers adoption there",
+    "tests/slapd/test_case_insensitive_names.py covers adoption there",
 )
 def test_local_usernames_differing_only_in_case_are_reported_not_crashed(make_slapd, caplog):
     server = make_slapd(spec=spec())

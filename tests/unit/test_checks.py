@@ -316,8 +316,8 @@ def test_every_setting_has_a_validator_and_a_wrong_value_in_the_table() -> None:
 
 
 def test_every_check_id_is_exercised_and_documented() -> None:
-    # W009/W010: the deploy check, which binds to a directory: tests/test_security.py.
-    # W011: the schema deploy check: tests/test_profile_attributes.py.
+    # W009/W010: the deploy check, which binds to a directory: tests/slapd/test_security.py.
+    # W011: the schema deploy check: tests/slapd/test_profile_attributes.py.
     exercised = set().union(*(c.expected for c in CASES)) | {
         "W007", "W008", "W009", "W010", "W011"
     }
@@ -389,7 +389,7 @@ def test_full_valid_configuration(tmp_path, monkeypatch) -> None:
         "USER_CHANGE_FIELDCASE": "lower",
         "MULTIVALUE_SEPARATOR": ", ",
         "USER_EXEMPT_FROM_SYNC": ["admin", "guest"],
-        "USER_CALLBACKS": ["tests.test_checks.sample_user_callback"],
+        "USER_CALLBACKS": ["tests.unit.test_checks.sample_user_callback"],
         "USER_SET_UNUSABLE_PASSWORD": True,
         "USER_SHOW_PROGRESS": False,
         "USER_THUMBNAILPHOTO_NAME": "{username}_{uuid4}_%Y.jpg",
@@ -494,7 +494,7 @@ def test_a_lone_misspelled_setting_turns_the_checks_on() -> None:
 
 def test_old_misspelled_callbacks_name_is_read_with_a_warning() -> None:
     with override_settings(
-        **prefixed({}), LDAP_LDAP_SYNC_USER_CALLBACKS=["tests.test_checks.sample_user_callback"]
+        **prefixed({}), LDAP_LDAP_SYNC_USER_CALLBACKS=["tests.unit.test_checks.sample_user_callback"]
     ):
         messages = checks.run_checks(tags=[adchecks.TAG])
     assert messages == [

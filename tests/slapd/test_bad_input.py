@@ -17,7 +17,7 @@ What happens to bad data (the rules of :mod:`adldap_auth.mapping`):
   a membership cycle) is synced correctly, without any message.
 
 Settings of the wrong type or value, for every setting, are the system checks' table in
-``tests/test_checks.py`` (``CASES``, ``test_setting_value``); :func:`test_a_wrong_setting_stops_
+``tests/unit/test_checks.py`` (``CASES``, ``test_setting_value``); :func:`test_a_wrong_setting_stops_
 syncldap_before_it_touches_anything` shows that ``manage.py syncldap`` runs those checks first.
 """
 
@@ -447,7 +447,7 @@ def test_an_exempt_entry_is_counted_and_logged_with_its_dn(make_slapd, caplog) -
 
 def test_a_wrong_setting_stops_syncldap_before_it_touches_anything(slapd_lab) -> None:
     """The wrong type or value of any setting is a system check error (the table of
-    tests/test_checks.py covers every setting); ``manage.py syncldap`` runs the checks first."""
+    tests/unit/test_checks.py covers every setting); ``manage.py syncldap`` runs the checks first."""
     wrong = slapd_settings(slapd_lab, LDAP_SYNC_BIND_PAGESIZE="200", LDAP_SYNC_USER=1)
     with override_settings(**wrong), pytest.raises(SystemCheckError) as stopped:
         call_command("syncldap", "full", skip_checks=False)
@@ -459,6 +459,6 @@ def test_a_wrong_setting_stops_syncldap_before_it_touches_anything(slapd_lab) ->
 
 def test_every_setting_has_a_wrong_value_in_the_checks_table() -> None:
     from adldap_auth.conf import DEFAULTS
-    from tests.test_checks import CASES
+    from tests.unit.test_checks import CASES
 
     assert {case.setting for case in CASES if case.expected} == set(DEFAULTS)

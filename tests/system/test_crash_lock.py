@@ -25,7 +25,7 @@ from adldap_auth.sync import SyncOptions, run_sync
 from tests.helpers import slapd_settings
 from tests.lab.generator import synthetic
 from tests.site import Lines, wait_for
-from tests.test_locking import site_state
+from tests.slapd.test_locking import site_state
 
 postgresql_only = pytest.mark.skipif(
     connection.vendor != "postgresql",
@@ -70,7 +70,7 @@ def test_a_lost_lock_stops_the_run_before_its_next_batch(make_slapd):
     settings = slapd_settings(
         server,
         LDAP_SYNC_WRITE_BATCH_SIZE=5,
-        LDAP_SYNC_USER_CALLBACKS=["tests.test_crash_lock.take_the_lock_away"],
+        LDAP_SYNC_USER_CALLBACKS=["tests.system.test_crash_lock.take_the_lock_away"],
     )
     with override_settings(**settings):
         result = run_sync(SyncOptions(mode="full"))
@@ -99,7 +99,7 @@ def test_a_marker_saved_by_another_run_meanwhile_ends_as_lock_lost_not_a_databas
 ):
     server = make_slapd(spec=synthetic(users=8, groups=2, seed=8))
     settings = slapd_settings(
-        server, LDAP_SYNC_USER_CALLBACKS=["tests.test_crash_lock.save_a_marker"]
+        server, LDAP_SYNC_USER_CALLBACKS=["tests.system.test_crash_lock.save_a_marker"]
     )
     with override_settings(**settings):
         result = run_sync(SyncOptions(mode="full"))

@@ -227,7 +227,7 @@ def test_a_user_synced_receiver_that_raises_never_stops_the_run(make_slapd, conn
     assert result.status == "partial"
     assert SyncRun.objects.get(pk=result.run_id).status == "partial"
     [problem] = result.problems
-    assert problem.startswith("receiver tests.test_security_run_records.")
+    assert problem.startswith("receiver tests.slapd.test_security_run_records.")
     assert problem.endswith("failing of signal user_synced failed: RuntimeError: receiver bug")
     assert sorted(seen) == ["ann", "ben", "cid"]  # the other receiver saw every user
     assert set(User.objects.values_list("username", flat=True)) == {"ann", "ben", "cid"}

@@ -32,7 +32,7 @@ from tests.helpers import django_state, samba_settings
 from tests.lab.dc_pair import DC, DCPair
 from tests.lab.samba import UF_NORMAL_ACCOUNT, UF_PASSWD_NOTREQD, group_dn_for, user_dn_for
 from tests.lab.spec import LAB_PASSWORD, DirectorySpec, UserSpec
-from tests.test_sync_full import groups_above_domain_users
+from tests.samba.test_sync_full import groups_above_domain_users
 
 pytestmark = [pytest.mark.topology, pytest.mark.django_db]
 

@@ -26,7 +26,7 @@ from adldap_auth.models import SyncRun
 from tests.helpers import slapd_settings
 from tests.lab.generator import synthetic
 from tests.site import wait_for
-from tests.test_locking import NOWHERE, site_state
+from tests.slapd.test_locking import NOWHERE, site_state
 
 PACKAGE = Path(adldap_auth.__file__).parent
 

@@ -353,7 +353,7 @@ def test_a_run_that_loses_its_lock_stops_and_records_itself_as_failed(make_slapd
     hooks = slapd_settings(
         server,
         LDAP_SYNC_WRITE_BATCH_SIZE=5,
-        LDAP_SYNC_USER_CALLBACKS=["tests.test_locking.steal_the_lock"],
+        LDAP_SYNC_USER_CALLBACKS=["tests.slapd.test_locking.steal_the_lock"],
     )
     with override_settings(**hooks):
         result = run_sync(SyncOptions(mode="full"))

@@ -28,11 +28,11 @@ from tests.helpers import django_state
 from tests.lab import ldif
 from tests.lab.ds389 import DS389, user_attrs
 from tests.lab.spec import LAB_PASSWORD, DirectorySpec, UserSpec
-from tests.test_sync_incremental import changes_of
+from tests.slapd.test_sync_incremental import changes_of
 
 pytestmark = [pytest.mark.topology, pytest.mark.django_db]
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 FIELDS = ("first_name", "last_name", "email", "is_active", "title", "photo", "groups")
 
 

@@ -5,10 +5,10 @@
 - ``auth.User``, Django's: the suite's settings, so every pass of ``make test``;
 - ``customuser.Person``, an ``AbstractUser`` subclass with a ``title`` field mapped from the
   directory (its user-groups table is ``customuser_person_groups``, column ``person_id``):
-  ``pytest --ds tests.settings_person tests/test_custom_user_models.py``;
+  ``pytest --ds tests.settings_person tests/slapd/test_custom_user_models.py``;
 - ``emailuser.EmailUser``, ``AbstractBaseUser`` + ``PermissionsMixin`` with
   ``USERNAME_FIELD = "email"`` and no username, first or last name:
-  ``pytest --ds tests.settings_email_user tests/test_custom_user_models.py``.
+  ``pytest --ds tests.settings_email_user tests/slapd/test_custom_user_models.py``.
 
 ``make test-user-models`` runs the two custom models (and every database pass runs them too).
 The tests common to all models run in each; those about one model are skipped in the others,
@@ -78,7 +78,7 @@ def only(variant: Variant) -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         V is not variant,
         reason=f"needs AUTH_USER_MODEL = {variant.model!r}, this run has {V.model!r}: "
-        f"pytest --ds {variant.settings_module} tests/test_custom_user_models.py ({target})",
+        f"pytest --ds {variant.settings_module} tests/slapd/test_custom_user_models.py ({target})",
     )
 
 

@@ -180,7 +180,7 @@ def faults():
     FAULTS.clear()
 
 
-INJECT = {"LDAP_SYNC_USER_CALLBACKS": ["tests.test_faults.inject_fault"]}
+INJECT = {"LDAP_SYNC_USER_CALLBACKS": ["tests.system.test_faults.inject_fault"]}
 
 
 def new_title(spec: DirectorySpec, key: str, title: str) -> DirectorySpec:
@@ -630,7 +630,7 @@ def test_a_run_killed_inside_a_batch_leaves_it_absent_and_the_next_run_completes
     settings = fault_settings(
         server,
         MEDIA_ROOT=str(media_root),
-        STORAGES={"default": {"BACKEND": "tests.test_faults.StallingStorage"}},
+        STORAGES={"default": {"BACKEND": "tests.system.test_faults.StallingStorage"}},
     )
     stalled = tmp_path / "stalled"
     env = {"ADLDAP_STALL_ON": "u05_", "ADLDAP_STALLED_FILE": str(stalled)}
@@ -753,7 +753,7 @@ def test_an_empty_result_after_users_were_synced_is_always_refused(make_slapd, f
 
 
 def test_the_default_threshold_is_a_percentage_with_a_floor():
-    """Issue 14 #4; the default at work: tests/test_security_guards.py."""
+    """Issue 14 #4; the default at work: tests/slapd/test_security_guards.py."""
     from adldap_auth.conf import DEFAULTS
 
     assert DEFAULTS["REMOVAL_THRESHOLD"] == {"percent": 10, "minimum": 10}

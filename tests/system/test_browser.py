@@ -28,7 +28,7 @@ from tests.lab.spec import LAB_PASSWORD, company
 
 pytestmark = [pytest.mark.samba, pytest.mark.browser]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

@@ -21,7 +21,7 @@ from django.core import checks as django_checks
 
 from adldap_auth import checks, conf
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def _load(name: str):
@@ -89,7 +89,7 @@ def test_setting_entry_is_complete(name):
 
 
 def test_seed_settings_are_those_of_django_adldap_sync():
-    from tests.test_conf import SEED_DEFAULTS
+    from tests.unit.test_conf import SEED_DEFAULTS
 
     seed = {name for name, entry in settings_doc.SETTINGS.items() if entry["seed"]}
     assert seed == set(SEED_DEFAULTS)

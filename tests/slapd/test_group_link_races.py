@@ -39,9 +39,9 @@ from adldap_auth.sync import SyncOptions, run_sync
 from tests.backend_helpers import login_settings
 from tests.helpers import django_state, slapd_settings
 from tests.lab.spec import LAB_PASSWORD
+from tests.samba.test_sync_full import expected_slapd_state
 from tests.site import Lines, _migrated_sqlite_template
-from tests.test_sqlite_logins import sqlite_site
-from tests.test_sync_full import expected_slapd_state
+from tests.system.test_sqlite_logins import sqlite_site
 
 T = TypeVar("T")
 DEFAULT_GROUP = "Directory Users"

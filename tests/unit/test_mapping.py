@@ -566,7 +566,7 @@ def test_absent_photo_means_remove():
 
 
 def test_photo_bytes_are_passed_on_undecoded():
-    """The store checks a photo only when its digest changed (tests/test_security_photos.py):
+    """The store checks a photo only when its digest changed (tests/slapd/test_security_photos.py):
     the mapper neither decodes nor rejects it."""
     record = map_user(user_entry(thumbnailPhoto=b"not an image"), make_config())
     assert record.photos == {"testapp.Employee": {"thumbnailphoto": b"not an image"}}

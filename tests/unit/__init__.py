@@ -1,0 +1,1 @@
+"""Tests that need no directory server: pure functions, settings, checks, docs, layers, packaging."""
