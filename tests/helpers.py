@@ -68,6 +68,7 @@ class SearchSpy:
         return len(self.calls)
 
 
+_EXECUTEMANY = re.compile(r"\A\d+ times: ")
 _WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 #: Tables a run writes on every run by design (its own record, marker, lock).
 BOOKKEEPING_TABLES = ("adldap_auth_syncrun", "adldap_auth_syncmarker", "adldap_auth_synclock")
@@ -80,7 +81,8 @@ def count_writes() -> Iterator[list[str]]:
     with CaptureQueriesContext(connection) as context:
         yield writes
     for query in context.captured_queries:
-        sql = query["sql"]
+        # An executemany is one statement, logged by Django as "<n> times: <sql>".
+        sql = _EXECUTEMANY.sub("", query["sql"], count=1)
         if _WRITE.match(sql) and not any(table in sql for table in BOOKKEEPING_TABLES):
             writes.append(sql)
 

@@ -242,8 +242,9 @@ def test_seed_per_user_filter_mode_works_across_pages(slapd_lab):
 
 
 def test_memberships_of_a_first_run_are_inserted_a_batch_per_statement(make_slapd):
-    """The store inserts new memberships with ``bulk_create(ignore_conflicts=True)``: a few
-    INSERTs for a first run's 600 rows (SQLite takes ~500 rows a statement), never one per row."""
+    """The store inserts new memberships a batch per statement: one ``executemany`` of
+    insert-or-ignore on SQLite and MariaDB, ``bulk_create(ignore_conflicts=True)`` elsewhere; a
+    few INSERTs for a first run's 600 rows, never one per row."""
     from tests.lab.spec import DirectorySpec, GroupSpec, UserSpec
 
     users = [UserSpec(f"user{i:03d}", "User", f"Number{i}") for i in range(300)]
