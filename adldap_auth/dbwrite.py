@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 __all__ = [
     "LOCKED_FIRST_PAUSE",
+    "LockBackoff",
     "LOCKED_MAX_PAUSE",
     "LOCKED_RETRY_SECONDS",
     "lock_conflict",
@@ -97,20 +98,44 @@ def lock_conflict(error: BaseException) -> bool:
     return any(phrase in message for phrase in _LOCKED_MESSAGES)
 
 
+class LockBackoff:
+    """The pauses between attempts of a write that meets lock conflicts: growing from
+    :data:`LOCKED_FIRST_PAUSE` to :data:`LOCKED_MAX_PAUSE` (with jitter), for at most
+    :data:`LOCKED_RETRY_SECONDS` from the first conflict."""
+
+    def __init__(self) -> None:
+        self.pause = LOCKED_FIRST_PAUSE
+        self.until: float | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether a lock conflict was met already."""
+        return self.until is not None
+
+    def expired(self) -> bool:
+        """Whether the time for attempts is over (the first call starts the clock)."""
+        now = time.monotonic()
+        self.until = self.until or now + LOCKED_RETRY_SECONDS
+        return now >= self.until
+
+    def sleep(self) -> None:
+        """Wait before the next attempt, longer each time, never beyond the time allowed."""
+        remaining = max(0.0, (self.until or time.monotonic()) - time.monotonic())
+        time.sleep(min(self.pause * random.uniform(0.5, 1.0), remaining))
+        self.pause = min(self.pause * 2, LOCKED_MAX_PAUSE)
+
+
 def retry_locked(func: Callable[[], T], what: str, using: str | None = None) -> T:
     """``func()``, called again after a growing pause while it fails on a lock conflict, for
     at most :data:`LOCKED_RETRY_SECONDS`; outside a transaction of the caller only (inside
     one, the conflict rolled back more than ``func``'s work: the error is raised)."""
     connection = connections[using or DEFAULT_DB_ALIAS]
-    pause, until = LOCKED_FIRST_PAUSE, None
+    backoff = LockBackoff()
     while True:
         try:
             return func()
         except DatabaseError as error:
-            now = time.monotonic()
-            until = until or now + LOCKED_RETRY_SECONDS
-            if not lock_conflict(error) or connection.in_atomic_block or now >= until:
+            if not lock_conflict(error) or connection.in_atomic_block or backoff.expired():
                 raise
             logger.info("%s: the database is busy (%s); trying again", what, error)
-            time.sleep(min(pause * random.uniform(0.5, 1.0), until - now))
-            pause = min(pause * 2, LOCKED_MAX_PAUSE)
+            backoff.sleep()

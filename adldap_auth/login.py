@@ -49,16 +49,14 @@ Writes (:func:`write_user`)
     transaction takes SQLite's write lock first, waiting for the busy timeout
     (:func:`adldap_auth.dbwrite.write_transaction`); a write that still meets a lock conflict
     (a wait beyond the busy timeout, a deadlock) starts again after a growing pause, for at
-    most :data:`LOCKED_RETRY_SECONDS` (outside a transaction of the caller only).
+    most :data:`~adldap_auth.dbwrite.LOCKED_RETRY_SECONDS` (outside a transaction of the caller only).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
-import time
 import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import partial
@@ -76,13 +74,7 @@ from ldap.filter import escape_filter_chars
 
 from .callbacks import resolve_callback
 from .conf import PREFIX, default_group_names, sync_settings
-from .dbwrite import (
-    LOCKED_FIRST_PAUSE,
-    LOCKED_MAX_PAUSE,
-    LOCKED_RETRY_SECONDS,
-    lock_conflict,
-    write_transaction,
-)
+from .dbwrite import LockBackoff, lock_conflict, write_transaction
 from .directory import DirectoryError, Entry
 from .directory.connection import DirectorySession
 from .directory.readers import Scope, and_filter, member_filter, read_entries
@@ -404,8 +396,7 @@ def write_user(
         entry_gone = _always
     elif session is not None:
         entry_gone = partial(old_entry_gone, session, config)
-    busy_until: float | None = None  # lock conflicts are retried until then
-    pause = LOCKED_FIRST_PAUSE
+    backoff = LockBackoff()  # lock conflicts are retried for a while
     attempt = 0
     while attempt < WRITE_ATTEMPTS:
         attempt += 1
@@ -420,29 +411,25 @@ def write_user(
             entry_gone=entry_gone,
             # The user's own write often writes nothing (an unchanged user): no write lock
             # taken, until a write met another writer's lock (then it waits its turn).
-            lock_first=busy_until is not None,
+            lock_first=backoff.started,
         )
         try:
-            first = attempt == 1 and busy_until is None
+            first = attempt == 1 and not backoff.started
             return _write_once(store, record, groups, link if first else None)
         except (IntegrityError, _NotWritten, DatabaseError) as error:
             in_transaction = connections[router.db_for_write(DirectoryUser)].in_atomic_block
             busy = lock_conflict(error) or report.lock_conflicts > 0
             if not isinstance(error, IntegrityError | _NotWritten) and (not busy or in_transaction):
                 raise  # not a race, or the caller's transaction went with it
-            if busy and not in_transaction:
-                # Another writer (a batch run's transaction) holds the database: wait for it,
-                # longer each time, for at most LOCKED_RETRY_SECONDS; not a lost race.
-                now = time.monotonic()
-                busy_until = busy_until or now + LOCKED_RETRY_SECONDS
-                if now < busy_until:
-                    logger.info(
-                        "login of %s: the database is busy (%s); trying again", record.username, error
-                    )
-                    time.sleep(min(pause * random.uniform(0.5, 1.0), busy_until - now))
-                    pause = min(pause * 2, LOCKED_MAX_PAUSE)
-                    attempt -= 1
-                    continue
+            # Another writer (a batch run's transaction) holds the database: wait for it,
+            # longer each time, for at most LOCKED_RETRY_SECONDS; not a lost race.
+            if busy and not in_transaction and not backoff.expired():
+                logger.info(
+                    "login of %s: the database is busy (%s); trying again", record.username, error
+                )
+                backoff.sleep()
+                attempt -= 1
+                continue
             if report.counts["users_adoption_refused"] or report.counts["users_skipped"]:
                 # A decision, not a race: another attempt would decide the same.
                 logger.warning(
