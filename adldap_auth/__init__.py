@@ -10,8 +10,10 @@ Vocabulary used across the package:
 - ``record``: the result of mapping an entry (:class:`adldap_auth.mapping.UserRecord`).
 
 Layers, each importing only those below it: ``conf`` -> ``directory`` -> ``mapping`` ->
-``groups`` -> ``store`` -> ``sync`` -> (``management``, ``tasks``); ``backends`` uses
-``mapping``, ``groups`` and ``store`` for one user.
+``groups`` -> ``membership`` -> ``store`` and ``nesting`` -> ``sync`` -> (``management``,
+``tasks``); the login path (``login``, ``backends``) uses the layers below ``sync`` for one
+user. Settings are read only through :func:`adldap_auth.conf.get_config`, which validates
+them as ``manage.py check`` does (tests/unit/test_layers.py guards the direction).
 """
 
 __version__ = "0.1.0"

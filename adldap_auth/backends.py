@@ -51,7 +51,7 @@ disabled accounts (``userAccountControl`` bit 0x2); entries the mapper cannot sy
 batch removed (deactivated) whose account is enabled again is restored by the login. Wrong
 password, unknown user, server down, any directory or TLS error: ``None``, logged without the
 password, so the next backend still runs. Every connection django-auth-ldap opens is checked
-first (:class:`_GuardedLDAP`): a clear-text URI under ``LDAP_SYNC_REQUIRE_TLS`` and an
+first (:class:`GuardedLDAP`): a clear-text URI under ``LDAP_SYNC_REQUIRE_TLS`` and an
 unusable CA file are refused before anything is sent.
 
 Inactive users (``is_active=False``) are refused by :meth:`ADLDAPBackend.authenticate` and
@@ -68,30 +68,32 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 import ldap
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
-from django.dispatch import receiver
 from django_auth_ldap.backend import LDAPBackend
-from django_auth_ldap.config import LDAPGroupType, LDAPSearch
 
-from .conf import sync_settings
+from .backend_settings import (
+    DirectoryGroupType,
+    DirectoryLookupError,
+    DirectoryUserSearch,
+    GuardedLDAP,
+    LoginConnectionRefused,
+    cache_of,
+    derived_settings,
+    login_mapping_config,
+    lookup_error,
+)
+from .conf import ConfigError, get_config, in_use
 from .dbwrite import retry_locked
 from .directory import DirectoryError, Entry
 from .directory.connection import (
     DirectorySession,
-    clear_text_refusal,
     connection_config,
-    tls_settings_refused,
 )
-from .directory.readers import and_filter
 from .login import (
-    DirectoryAttrs,
     complete_ranges,
     connected_uri,
-    decoded_attrs,
     existing_user,
     is_ad_entry,
     is_exempt,
@@ -99,8 +101,6 @@ from .login import (
     mapping_entry,
     normalize_login_name,
     user_groups,
-    user_search_filter,
-    username_attribute,
     username_taken,
     write_user,
 )
@@ -109,7 +109,6 @@ from .mapping import (
     MappingConfig,
     SkipEntry,
     UserRecord,
-    build_mapping_config,
     map_user,
 )
 
@@ -123,253 +122,6 @@ __all__ = [
     "DirectoryUserSearch",
     "derived_settings",
 ]
-
-
-class DirectoryLookupError(ldap.LDAPError):
-    """A directory read of the login path failed (search error, timeout, partial result).
-
-    An ``ldap.LDAPError``, so django-auth-ldap treats it as it treats its own: the login
-    returns None, ``django_auth_ldap.backend.ldap_error`` is sent, and a permission check
-    fails closed.
-    """
-
-
-def _lookup_error(error: DirectoryError) -> DirectoryLookupError:
-    return DirectoryLookupError({"desc": "directory read failed", "info": str(error)})
-
-
-class LoginConnectionRefused(ldap.LDAPError):
-    """The login path refused to open a connection: a clear-text URI under
-    ``LDAP_SYNC_REQUIRE_TLS``, or TLS settings libldap cannot use (an unusable CA file).
-
-    An ``ldap.LDAPError``, so every django-auth-ldap entry point (login, ``populate_user``,
-    group permissions) fails closed and returns None instead of raising.
-    """
-
-
-class _GuardedLDAP:
-    """The ``ldap`` module as django-auth-ldap sees it, with :meth:`initialize` checked.
-
-    django-auth-ldap opens every connection with ``backend.ldap.initialize(uri)``, then sets
-    ``CONNECTION_OPTIONS`` and starts TLS. Checked here, where the URI actually used is known
-    (a site's own ``AUTH_LDAP_SERVER_URI`` or ``START_TLS`` included): no clear-text URI under
-    ``LDAP_SYNC_REQUIRE_TLS``, and TLS options libldap accepts (python-ldap says only
-    ``ValueError: option error`` for a truncated CA file, which django-auth-ldap re-raises).
-    """
-
-    def __init__(self, module: Any, backend: LDAPBackend) -> None:
-        self._module = module
-        self._backend = backend
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
-
-    def initialize(self, uri: str, *args: Any, **kwargs: Any) -> Any:
-        settings = self._backend.settings
-        if sync_settings.REQUIRE_TLS is True:
-            refusal = clear_text_refusal(uri, bool(settings.START_TLS))
-            if refusal:
-                raise _refused(refusal)
-        connection = self._module.initialize(uri, *args, **kwargs)
-        options = dict(settings.CONNECTION_OPTIONS)
-        if ldap.OPT_X_TLS_NEWCTX in options:
-            # Applied once here to turn libldap's refusal into a clear error; django-auth-ldap
-            # applies them again (a second new TLS context, harmless).
-            try:
-                for option, value in options.items():
-                    connection.set_option(option, value)
-            except ValueError:
-                raise _refused(tls_settings_refused(options.get(ldap.OPT_X_TLS_CACERTFILE))) from None
-        return connection
-
-
-def _refused(reason: str) -> LoginConnectionRefused:
-    logger.warning("directory login impossible: %s", reason)
-    return LoginConnectionRefused({"desc": "connection refused by adldap-auth", "info": reason})
-
-
-class DirectoryUserSearch(LDAPSearch):
-    """The user search derived from ``LDAP_SYNC_*`` (``AUTH_LDAP_USER_SEARCH``).
-
-    ``filterstr`` shows the documented form ``(&<filter>(<attr>=%(user)s))``; the search sent
-    is :func:`adldap_auth.login.user_search_filter` of the typed name (``user@domain`` also
-    matched by its local part and, on AD, as a userPrincipalName), every value escaped.
-    Results are django-auth-ldap's (lower-case DN, decoded values), and each attribute dict
-    also carries the raw entry (exact DN, bytes) for the mapper, as ``attrs.entry``.
-
-    Only django-auth-ldap's public ``execute`` is overridden. Inside an ``LDAPSearchUnion``
-    (which drives its searches through private methods) it is a plain ``LDAPSearch`` of
-    ``filterstr``: the typed name as is, and the backend reads the entry once more.
-    """
-
-    def __init__(
-        self,
-        base_dn: str,
-        user_filter: str,
-        username_attr: str,
-        attrlist: list[str],
-        upn_attr: str | None = None,
-    ) -> None:
-        self.user_filter = user_filter
-        self.username_attr = username_attr
-        self.upn_attr = upn_attr
-        template = and_filter(user_filter.replace("%", "%%"), f"({username_attr}=%(user)s)")
-        super().__init__(base_dn, ldap.SCOPE_SUBTREE, template, attrlist)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}: {self.base_dn} {self.filterstr}>"
-
-    def filter_for(self, login: str) -> str:
-        return user_search_filter(self.user_filter, self.username_attr, login, self.upn_attr)
-
-    @staticmethod
-    def _login(filterargs: Any) -> str:
-        value = filterargs.get("user") if isinstance(filterargs, dict) else filterargs[0]
-        return str(value)
-
-    def search_with_additional_terms(self, term_dict: dict, escape: bool = True) -> LDAPSearch:
-        return self._plain().search_with_additional_terms(term_dict, escape)
-
-    def search_with_additional_term_string(self, filterstr: str) -> LDAPSearch:
-        return self._plain().search_with_additional_term_string(filterstr)
-
-    def _plain(self) -> LDAPSearch:
-        return LDAPSearch(self.base_dn, self.scope, self.filterstr, self.attrlist)
-
-    def execute(self, connection: Any, filterargs: Any = (), escape: bool = True) -> list:
-        # Values are always escaped, whatever ``escape`` says: they are what a user typed.
-        login = self._login(filterargs)
-        filterstr = self.filter_for(login)
-        logger.debug("user search: base %r, filter %r", self.base_dn, filterstr)
-        results = self._process(
-            connection.search_s(self.base_dn, self.scope, filterstr, self.attrlist)
-        )
-        if len(results) > 1:
-            # django-auth-ldap logs nobody in (and says so only at DEBUG): say why.
-            logger.warning(
-                "directory login of %r refused: the name matches %d directory entries (%s)",
-                login,
-                len(results),
-                "; ".join(dn for dn, _attrs in results[:5]),
-            )
-        return results
-
-    @staticmethod
-    def _process(results: list) -> list[tuple[str, DirectoryAttrs]]:
-        processed = []
-        for dn, attrs in results:
-            if dn is None:  # a continuation reference: referrals are not chased
-                continue
-            entry = Entry(dn, {name.lower(): list(values) for name, values in attrs.items()})
-            processed.append((dn.lower(), decoded_attrs(entry, attrs)))
-        return processed
-
-
-class DirectoryGroupType(LDAPGroupType):
-    """``AUTH_LDAP_GROUP_TYPE`` derived from ``LDAP_SYNC_*``: the user's groups as the sync
-    computes them (recursive, AD primary group included), found once per login.
-
-    Group infos are ``(lower-case DN, {"name": [Django group name]})``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(name_attr="name")
-
-    def user_groups(self, ldap_user: Any, group_search: Any) -> list[tuple[str, dict]]:
-        backend = ldap_user.backend
-        if not isinstance(backend, ADLDAPBackend) or not backend.uses_sync_settings():
-            raise ImproperlyConfigured(
-                "DirectoryGroupType needs ADLDAPBackend configured by LDAP_SYNC_* settings"
-            )
-        try:
-            groups = backend.directory_groups(ldap_user)
-        except ldap_user.AuthenticationFailed:
-            return []  # an entry the sync refuses has no groups (its login fails anyway)
-        return [(g.dn.lower(), {"name": [g.name]}) for g in groups]
-
-    def group_name_from_info(self, group_info: tuple[str, dict]) -> str | None:
-        names = group_info[1].get("name") or [None]
-        return names[0]
-
-
-#: What depends on the settings only, computed once per process: ``"derived"`` (the settings
-#: :func:`derived_settings` returns), ``("config", is_ad)`` (the login's mapping configs) and
-#: ``"connection"`` (the sync's connection config). Emptied when a setting changes
-#: (``override_settings`` in tests).
-_settings_cache: dict[Any, Any] = {}
-
-
-@receiver(setting_changed)
-def _clear_settings_cache(sender: Any, setting: str, **kwargs: Any) -> None:
-    # Any setting: the mapping config also depends on AUTH_USER_MODEL and the profile models.
-    _settings_cache.clear()
-
-
-def derived_settings() -> dict[str, Any]:
-    """django-auth-ldap settings (names without ``AUTH_LDAP_``) from the ``LDAP_SYNC_*`` ones.
-
-    Computed once per process (django-auth-ldap asks at every login) and again when a setting
-    changes; settings that cannot be derived are not kept, so their error is logged each time.
-    """
-    derived = _settings_cache.get("derived")
-    if derived is None:
-        derived, complete = _derive_settings()
-        if complete:
-            _settings_cache["derived"] = derived
-    return {**derived, "CONNECTION_OPTIONS": dict(derived["CONNECTION_OPTIONS"])}
-
-
-def _derive_settings() -> tuple[dict[str, Any], bool]:
-    s = sync_settings
-    uris = s.bind_uris
-    uses_tls = bool(s.START_TLS) or any(urlsplit(u).scheme.lower() == "ldaps" for u in uris)
-    options: dict[int, Any] = {
-        ldap.OPT_REFERRALS: 0,
-        ldap.OPT_NETWORK_TIMEOUT: float(s.NETWORK_TIMEOUT),
-        ldap.OPT_TIMEOUT: float(s.OPERATION_TIMEOUT),
-    }
-    if uses_tls:
-        if s.CA_FILE:
-            options[ldap.OPT_X_TLS_CACERTFILE] = str(s.CA_FILE)
-        options[ldap.OPT_X_TLS_REQUIRE_CERT] = (
-            ldap.OPT_X_TLS_DEMAND if s.REQUIRE_CERT else ldap.OPT_X_TLS_NEVER
-        )
-        options[ldap.OPT_X_TLS_NEWCTX] = 0  # applies the options above; must come last
-    derived: dict[str, Any] = {
-        "SERVER_URI": " ".join(uris),
-        "BIND_DN": s.BIND_DN or "",
-        "BIND_PASSWORD": s.BIND_PASS or "",
-        "START_TLS": bool(s.START_TLS),
-        "CONNECTION_OPTIONS": options,
-        "USER_ATTR_MAP": {},
-        "ALWAYS_UPDATE_USER": True,
-        "GROUP_SEARCH": LDAPSearch(s.GROUP_SEARCH or "", ldap.SCOPE_SUBTREE, s.GROUP_FILTER),
-        "GROUP_TYPE": DirectoryGroupType(),
-    }
-    try:
-        attrlist = login_user_attributes()
-        name_attr = username_attribute()
-    except (ImproperlyConfigured, ValueError) as error:
-        # Reported by ``manage.py check`` too; logins fail (None) until it is fixed, and
-        # other backends (ModelBackend) keep working.
-        logger.error("directory login disabled: %s", error)
-        return derived, False
-    upn_attr = "userPrincipalName" if name_attr.lower() == "samaccountname" else None
-    derived["USER_SEARCH"] = DirectoryUserSearch(
-        s.USER_SEARCH or "", s.USER_FILTER, name_attr, attrlist, upn_attr
-    )
-    derived["USER_ATTRLIST"] = attrlist
-    return derived, True
-
-
-def _mapping_config(is_ad: bool) -> MappingConfig:
-    """``build_mapping_config(is_ad=...)``, kept like :func:`derived_settings` (the config also
-    keeps the mapper's plan, which is then not made again at every login)."""
-    key = ("config", is_ad)
-    config = _settings_cache.get(key)
-    if config is None:
-        config = _settings_cache[key] = build_mapping_config(is_ad=is_ad)
-    return config
 
 
 @dataclass
@@ -399,17 +151,18 @@ class ADLDAPBackend(LDAPBackend):
 
     @staticmethod
     def uses_sync_settings() -> bool:
-        """True when the site configured the directory with ``LDAP_SYNC_*`` settings."""
-        return sync_settings.configured()
+        """True when the site uses ``LDAP_SYNC_*`` settings (any of them: with errors, such as
+        a missing LDAP_SYNC_BIND_URI, logins are refused as the checks say)."""
+        return in_use()
 
     @property
     def ldap(self):  # type: ignore[override]
         """django-auth-ldap's ``ldap`` module; with ``LDAP_SYNC_*`` settings, every connection
-        it opens is checked first (:class:`_GuardedLDAP`)."""
+        it opens is checked first (:class:`GuardedLDAP`)."""
         module = super().ldap
         if not self.uses_sync_settings():
             return module
-        return _GuardedLDAP(module, self)
+        return GuardedLDAP(module, self)
 
     # -- Django's backend API ------------------------------------------------------------------
 
@@ -432,6 +185,11 @@ class ADLDAPBackend(LDAPBackend):
             return self._active(user, username)
         username = kwargs.pop(self.get_user_model().USERNAME_FIELD, username)
         if username is None:
+            return None
+        try:
+            get_config()
+        except ConfigError as error:  # the errors 'manage.py check' shows
+            logger.error("directory login of %r impossible: %s", username, error)
             return None
         login = self._login_name(username)
         if login is None:
@@ -457,6 +215,11 @@ class ADLDAPBackend(LDAPBackend):
         django-auth-ldap API), through the same mapper and store as a login."""
         if not self.uses_sync_settings():
             return super().populate_user(username)
+        try:
+            get_config()
+        except ConfigError as error:  # the errors 'manage.py check' shows
+            logger.error("directory lookup of %r impossible: %s", username, error)
+            return None
         username = self._login_name(username)
         if username is None:
             return None
@@ -467,7 +230,7 @@ class ADLDAPBackend(LDAPBackend):
         if not login:
             logger.debug("directory login of %r refused: empty, or a control character", username)
             return None
-        if is_exempt(login, sync_settings.USER_EXEMPT_FROM_SYNC):
+        if is_exempt(login, get_config().USER_EXEMPT_FROM_SYNC):
             logger.info(
                 "directory login of %r refused: exempt from sync (LDAP_SYNC_USER_EXEMPT_FROM_SYNC)",
                 login,
@@ -530,9 +293,9 @@ class ADLDAPBackend(LDAPBackend):
         try:
             entry = self._user_entry(ldap_user)
         except DirectoryError as error:
-            raise _lookup_error(error) from None
+            raise lookup_error(error) from None
         is_ad = is_ad_entry(entry)
-        config = _mapping_config(is_ad)
+        config = login_mapping_config(is_ad)
         try:
             record = map_user(mapping_entry(entry, config), config)
         except SkipEntry as skip:
@@ -554,7 +317,7 @@ class ADLDAPBackend(LDAPBackend):
                     self._session(ldap_user), state.entry, state.record, state.config, state.is_ad
                 )
             except DirectoryError as error:
-                raise _lookup_error(error) from None
+                raise lookup_error(error) from None
         return state.groups
 
     def _user_entry(self, ldap_user) -> Entry:
@@ -575,10 +338,11 @@ class ADLDAPBackend(LDAPBackend):
     def _session(self, ldap_user) -> DirectorySession:
         """A session on django-auth-ldap's connection, bound as the service account."""
         uri = self.settings.SERVER_URI
-        config = _settings_cache.get("connection")
+        cache = cache_of(get_config())
+        config = cache.get("connection")
         if config is None:
-            config = _settings_cache["connection"] = connection_config()
+            config = cache["connection"] = connection_config()
         return DirectorySession(ldap_user.connection, str(uri), config)
 
     def _server(self, ldap_user) -> str:
-        return connected_uri(ldap_user.connection, sync_settings.bind_uris)
+        return connected_uri(ldap_user.connection, get_config().bind_uris)

@@ -26,6 +26,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
@@ -48,7 +49,12 @@ __all__ = [
 LOCKED_FIRST_PAUSE, LOCKED_MAX_PAUSE, LOCKED_RETRY_SECONDS = 0.05, 1.0, 15.0
 
 #: How the databases word a lock conflict (lower case), when the driver's error has no code.
-_LOCKED_MESSAGES = ("database is locked", "database table is locked", "deadlock", "lock wait timeout")
+_LOCKED_MESSAGES = (
+    "database is locked",
+    "database table is locked",
+    "deadlock",
+    "lock wait timeout",
+)
 #: SQLite's primary result codes of a lock conflict (extended codes keep them in the low byte).
 _SQLITE_LOCK_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
@@ -62,7 +68,10 @@ def write_transaction(using: str | None = None) -> Iterator[None]:
     opens = connection.vendor == "sqlite" and not connection.in_atomic_block
     opens = opens and connection.get_autocommit()
     with transaction.atomic(using=alias):
-        if opens and getattr(connection, "transaction_mode", None) not in ("IMMEDIATE", "EXCLUSIVE"):
+        if opens and getattr(connection, "transaction_mode", None) not in (
+            "IMMEDIATE",
+            "EXCLUSIVE",
+        ):
             _take_write_lock(connection)
         yield
 
@@ -130,12 +139,32 @@ def retry_locked(func: Callable[[], T], what: str, using: str | None = None) -> 
     at most :data:`LOCKED_RETRY_SECONDS`; outside a transaction of the caller only (inside
     one, the conflict rolled back more than ``func``'s work: the error is raised)."""
     connection = connections[using or DEFAULT_DB_ALIAS]
+    with shared_backoff() as backoff:
+        while True:
+            try:
+                return func()
+            except DatabaseError as error:
+                if not lock_conflict(error) or connection.in_atomic_block or backoff.expired():
+                    raise
+                logger.info("%s: the database is busy (%s); trying again", what, error)
+                backoff.sleep()
+
+
+_active_backoff: ContextVar[LockBackoff | None] = ContextVar("adldap_lock_backoff", default=None)
+
+
+@contextmanager
+def shared_backoff() -> Iterator[LockBackoff]:
+    """The :class:`LockBackoff` of the outermost retrying writer. A retry nested in another
+    (a login's write retried inside the backend's retried login) shares its deadline, so the
+    whole waits at most :data:`LOCKED_RETRY_SECONDS`, not that time for each level."""
+    current = _active_backoff.get()
+    if current is not None:
+        yield current
+        return
     backoff = LockBackoff()
-    while True:
-        try:
-            return func()
-        except DatabaseError as error:
-            if not lock_conflict(error) or connection.in_atomic_block or backoff.expired():
-                raise
-            logger.info("%s: the database is busy (%s); trying again", what, error)
-            backoff.sleep()
+    token = _active_backoff.set(backoff)
+    try:
+        yield backoff
+    finally:
+        _active_backoff.reset(token)

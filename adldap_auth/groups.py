@@ -320,6 +320,8 @@ def _closure(guids: list[str], parents: list[list[int]]) -> tuple[list[int], lis
     it emits a component only after every component reachable from it (every group above it),
     so the ancestor sets can be built in emission order.
     """
+    # One function on purpose: the iterative algorithm's state lives in these locals, and a
+    # split would pass them around on the hot path of every run.
     count = len(guids)
     order = [-1] * count  # discovery index
     low = [0] * count

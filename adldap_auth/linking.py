@@ -17,7 +17,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from ldap.filter import escape_filter_chars
 
-from .conf import sync_settings
+from .conf import get_config
 from .directory import Entry
 from .directory.connection import DirectorySession, connection_config
 from .directory.readers import Scope, and_filter, read_entries
@@ -114,7 +114,7 @@ def _django_user(username: str, field: str) -> Any:
 
 
 def _directory_entry(session: DirectorySession, config: MappingConfig, name: str) -> Entry:
-    s = sync_settings
+    s = get_config()
     filterstr = and_filter(
         s.USER_FILTER, f"({username_attribute(config)}={escape_filter_chars(name)})"
     )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from django.core.cache import cache
 from ldap.filter import escape_filter_chars
 
-from .conf import sync_settings
+from .conf import get_config
 from .directory import Entry
 from .directory.connection import DirectorySession
 from .directory.readers import Scope, and_filter, read_entries
@@ -56,12 +56,12 @@ _ONE_CLASS = re.compile(r"\(\s*object(?:class|category)\s*=\s*[\w.-]+\s*\)\Z", r
 
 
 def group_scope() -> Scope:
-    return Scope(sync_settings.GROUP_SEARCH or "", sync_settings.GROUP_FILTER)
+    return Scope(get_config().GROUP_SEARCH or "", get_config().GROUP_FILTER)
 
 
 def membership_scope(config: MappingConfig) -> Scope:
     """``LDAP_SYNC_MEMBERSHIP_SEARCH``/``_FILTER``, or their defaults (see the module doc)."""
-    s = sync_settings
+    s = get_config()
     filterstr = s.MEMBERSHIP_FILTER
     if not filterstr:
         group_filter = s.GROUP_FILTER
@@ -137,7 +137,7 @@ def live_graph(session: DirectorySession, config: MappingConfig, refresh: bool =
     """The group graph of the membership scope read now, without user keys, for logins that
     have no stored nesting (or ask for the live one). Kept in Django's cache for
     ``LDAP_SYNC_LOGIN_GROUP_CACHE_TIMEOUT`` seconds, so that every worker reads it once."""
-    timeout = int(sync_settings.LOGIN_GROUP_CACHE_TIMEOUT)
+    timeout = get_config().LOGIN_GROUP_CACHE_TIMEOUT
     key = f"{_LIVE_KEY}:{_scope_fingerprint(config)}"
     if timeout and not refresh:
         cached = cache.get(key)
@@ -151,7 +151,7 @@ def live_graph(session: DirectorySession, config: MappingConfig, refresh: bool =
 
 
 def _scope_fingerprint(config: MappingConfig) -> str:
-    s = sync_settings
+    s = get_config()
     parts = (
         tuple(s.bind_uris),
         group_scope(),

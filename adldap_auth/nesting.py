@@ -27,7 +27,7 @@ from django.core.cache import cache
 from django.db import connections, router, transaction
 from django.utils import timezone
 
-from .conf import sync_settings
+from .conf import get_config
 from .groups import GroupGraph, StoredNesting
 from .mapping import GroupRecord, normalize_dn
 from .models import GroupNode, NestingState
@@ -165,14 +165,14 @@ def _set_version() -> None:
 
 
 def _publish(version: str) -> None:
-    timeout = int(sync_settings.LOGIN_GROUP_CACHE_TIMEOUT)
+    timeout = get_config().LOGIN_GROUP_CACHE_TIMEOUT
     if timeout:
         cache.set(VERSION_KEY, version, timeout)
 
 
 def stored_version() -> str | None:
     """The version of the stored nesting: from the cache, else from the database."""
-    timeout = int(sync_settings.LOGIN_GROUP_CACHE_TIMEOUT)
+    timeout = get_config().LOGIN_GROUP_CACHE_TIMEOUT
     version = cache.get(VERSION_KEY) if timeout else None
     if version is None:
         version = NestingState.objects.values_list("version", flat=True).first()

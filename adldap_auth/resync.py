@@ -23,7 +23,7 @@ from typing import Any
 from ldap.filter import escape_filter_chars
 
 from .callbacks import resolve_callback
-from .conf import sync_settings
+from .conf import get_config
 from .directory import DirectoryError, Entry
 from .directory.connection import DirectorySession, connection_config
 from .directory.decoding import guid_to_bytes
@@ -109,7 +109,7 @@ def read_users_by_id(
     session: DirectorySession, config: MappingConfig, guids: list[str]
 ) -> dict[str, Entry]:
     """The entries of the user scope with these ids, by id."""
-    s = sync_settings
+    s = get_config()
     attributes = list(dict.fromkeys([*user_attribute_list(config), "memberof"]))
     found: dict[str, Entry] = {}
     for start in range(0, len(guids), CHUNK):
@@ -184,7 +184,7 @@ def _sync_one(
             report = RunReport()
             Store(config, report, server=session.uri).remove_users(
                 links,
-                [resolve_callback(path) for path in sync_settings.REMOVED_USER_CALLBACKS],
+                [resolve_callback(path) for path in get_config().REMOVED_USER_CALLBACKS],
                 DirectoryUser.REASON_DISABLED,
             )
             result.problems.extend(report.problems)

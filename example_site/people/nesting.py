@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ldap.filter import escape_filter_chars
 
-from adldap_auth.conf import sync_settings
+from adldap_auth.conf import get_config
 from adldap_auth.directory import DirectoryError
 from adldap_auth.directory.connection import DirectorySession, connection_config
 from adldap_auth.mapping import build_mapping_config, normalize_dn, primary_group_sid_of
@@ -42,7 +42,7 @@ class Nesting:
 
 def group_nesting(user_dn: str) -> Nesting:
     """Walk up from ``user_dn`` through ``member`` values (breadth first: shortest paths)."""
-    member_attribute = sync_settings.GROUP_MEMBER_ATTRIBUTE
+    member_attribute = get_config().GROUP_MEMBER_ATTRIBUTE
     paths: dict[str, list[str]] = {}
     queue: deque[tuple[str, list[str]]] = deque([(user_dn, [])])
     try:

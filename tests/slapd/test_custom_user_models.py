@@ -316,7 +316,8 @@ def test_run_with_the_default_attribute_map_fails_naming_the_field_and_the_fitti
     with override_settings(**values):
         result = run_sync(SyncOptions(mode="full"))
     assert not result.ok
-    assert "emailuser.EmailUser has no field 'username'" in result.error
+    assert result.error_kind == "ConfigError"  # the check's E015, with its hint
+    assert "'username', which is not a field of emailuser.EmailUser" in result.error
     assert "may map to: email, display_name" in result.error
     assert not get_user_model().objects.exists()
 

@@ -122,7 +122,7 @@ def test_row_lock_of_another_host_waits_for_lock_stale_after():
     with run_lock() as lock:
         assert SyncLock.objects.get().owner == str(lock.owner)
     SyncLock.objects.update(owner=str(other), heartbeat_at=timezone.now() - timedelta(seconds=90))
-    with override_settings(LDAP_SYNC_LOCK_STALE_AFTER=60), run_lock():
+    with override_settings(**NOWHERE, LDAP_SYNC_LOCK_STALE_AFTER=60), run_lock():
         pass
 
 
@@ -234,7 +234,7 @@ def test_a_silent_holder_is_taken_over_after_lock_stale_after(site_db, tmp_path)
     )
     try:
         assert first_line(holder).startswith("ACQUIRED")
-        stale = {"LDAP_SYNC_LOCK_STALE_AFTER": 60}
+        stale = {**NOWHERE, "LDAP_SYNC_LOCK_STALE_AFTER": 60}
         refused = site_db.start("-m", "tests.lock_holder", "take", settings=stale)
         assert first_line(refused).startswith("HELD") and refused.wait(30) == 3
         site_db.execute(

@@ -46,6 +46,7 @@ from tests.helpers import samba_settings, slapd_settings
 from tests.lab import ldif
 from tests.lab.certs import Certs, make_wrong_ca
 from tests.lab.spec import DirectorySpec, GroupSpec, UserSpec, jpeg
+from tests.unit.test_checks import prefixed
 
 pytestmark = pytest.mark.django_db
 
@@ -65,7 +66,7 @@ def small_spec() -> DirectorySpec:
 
 def test_certificates_are_verified_unless_told_otherwise():
     assert DEFAULTS["REQUIRE_CERT"] is True
-    with override_settings(LDAP_SYNC_BIND_URI="ldaps://dc1.example.test"):
+    with override_settings(**prefixed({"BIND_URI": "ldaps://dc1.example.test"})):
         config = connection_config()
     assert config.require_cert is True and config.ca_file is None
 
@@ -452,8 +453,9 @@ def test_photo_file_names_never_leave_their_directory(template):
 def test_a_run_writes_photos_under_media_root_whatever_the_username_and_template(
     make_slapd, settings, tmp_path
 ):
-    """``..`` and ``...`` pass Django's username validator; the template tries to climb out
-    (the system check refuses it, ``adldap_auth.E024``, but a run must stay safe anyway)."""
+    """``..`` and ``...`` pass Django's username validator; a template that tries to climb out
+    is refused by the system check (``adldap_auth.E024``) and so by the run, which then writes
+    nothing; with the default template the photos land under MEDIA_ROOT."""
     media = tmp_path / "site" / "media"
     media.mkdir(parents=True)
     settings.MEDIA_ROOT = str(media)
@@ -462,6 +464,10 @@ def test_a_run_writes_photos_under_media_root_whatever_the_username_and_template
     template = "../../../{username}/../{uuid4}.jpg"
     with override_settings(**slapd_settings(server, LDAP_SYNC_USER_THUMBNAILPHOTO_NAME=template)):
         assert "adldap_auth.E024" in {m.id for m in checks.run_checks(tags=[adchecks.TAG])}
+        refused = run_sync(SyncOptions(mode="full"))
+    assert (refused.status, refused.error_kind) == ("failed", "ConfigError")
+    assert "E024" in refused.error and not [p for p in tmp_path.rglob("*") if p.is_file()]
+    with override_settings(**slapd_settings(server)):
         result = run_sync(SyncOptions(mode="full"))
     assert result.status == "success" and result.counts["photos_written"] == 2
     files = [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -14,6 +14,7 @@ Against a lab slapd with TLS (ldaps:// and StartTLS).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from adldap_auth.backends import ADLDAPBackend
+from adldap_auth.conf import ConfigError
 from adldap_auth.directory import DirectoryTLSError
 from adldap_auth.directory.connection import DirectorySession
 from adldap_auth.models import SyncRun
@@ -103,13 +105,10 @@ def test_require_tls_refuses_a_clear_text_uri_in_batch_runs(make_slapd):
     server = make_slapd(spec(), tls=True)
     clear = slapd_settings(server, LDAP_SYNC_REQUIRE_TLS=True)
     with override_settings(**clear), BindSpy().active() as binds:
-        with pytest.raises(DirectoryTLSError) as refused:
-            DirectorySession.open(connection_config())
         result = run_sync(SyncOptions(mode="full"))
-    message = f"clear-text URI {server.uri!r} refused: LDAP_SYNC_REQUIRE_TLS is True"
-    assert message in str(refused.value)
-    assert result.status == "failed" and result.error_kind == "DirectoryTLSError"
-    assert message in result.error
+    # Refused by the settings' validation (the check's E027) before any connection.
+    assert result.status == "failed" and result.error_kind == "ConfigError"
+    assert "adldap_auth.E027" in result.error and server.uri in result.error
     assert binds.who == []  # nothing was sent: no bind, no password
     assert not User.objects.exists()
     # The same server with StartTLS, or over ldaps://, is accepted.
@@ -119,12 +118,19 @@ def test_require_tls_refuses_a_clear_text_uri_in_batch_runs(make_slapd):
 
 
 def test_require_tls_refuses_a_clear_text_uri_among_tls_ones(make_slapd):
-    """A clear-text URI later in the list is refused too: failover must not decide."""
+    """A clear-text URI later in the list is refused too: failover must not decide. Checked
+    by the settings, and again by the session itself (whatever config it is given)."""
     server = make_slapd(spec(), tls=True)
     sync = tls_settings(server, "ldaps", LDAP_SYNC_REQUIRE_TLS=True)
+    with override_settings(**sync):
+        valid = connection_config()
     sync["LDAP_SYNC_BIND_URI"] = [server.ldaps_uri, server.uri]
-    with override_settings(**sync), pytest.raises(DirectoryTLSError, match="clear-text URI"):
-        DirectorySession.open(connection_config())
+    with override_settings(**sync), pytest.raises(ConfigError, match="E027"):
+        connection_config()
+    mixed = dataclasses.replace(valid, uris=(server.ldaps_uri, server.uri))
+    with BindSpy().active() as binds, pytest.raises(DirectoryTLSError, match="clear-text URI"):
+        DirectorySession.open(mixed)
+    assert binds.who == []
 
 
 def test_require_tls_refuses_clear_text_logins(make_slapd, caplog):
@@ -135,9 +141,7 @@ def test_require_tls_refuses_clear_text_logins(make_slapd, caplog):
         assert authenticate(username="alice", password=LAB_PASSWORD) is None
         assert ADLDAPBackend().populate_user("alice") is None
     assert binds.who == []  # neither the service account's nor alice's password was sent
-    assert any(
-        f"clear-text URI {server.uri!r} refused" in r.getMessage() for r in caplog.records
-    )
+    assert any("adldap_auth.E027" in r.getMessage() for r in caplog.records)
     assert not User.objects.exists()
 
 

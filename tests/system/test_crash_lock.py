@@ -87,9 +87,9 @@ def test_a_lost_lock_stops_the_run_before_its_next_batch(make_slapd):
 
 def save_a_marker(user, attributes, created, updated) -> None:
     """A user callback: another run saves this server's marker while this one runs."""
-    from adldap_auth.conf import sync_settings
+    from adldap_auth.conf import get_config
 
-    uri = sync_settings.bind_uris[0]
+    uri = get_config().bind_uris[0]
     SyncMarker.objects.get_or_create(server=uri, defaults={"timestamp": "20260101000000Z"})
 
 
@@ -117,7 +117,7 @@ def test_a_run_started_while_the_holder_lost_its_session_waits_then_refuses(
 ):
     """The holder (another process) still runs: the new run waits LOST_HOLDER_WAIT for it to
     stop, then refuses with the documented message; once the holder noticed, it gets in."""
-    monkeypatch.setattr("adldap_auth.locking.LOST_HOLDER_WAIT", 1.5)
+    monkeypatch.setattr("adldap_auth.locking.advisory.LOST_HOLDER_WAIT", 1.5)
     beat_file = tmp_path / "beat"
     holder = site_db.start(
         "-m", "tests.lock_holder", "hold", extra_env={"ADLDAP_BEAT_FILE": str(beat_file)}

@@ -17,8 +17,12 @@ from django.core import checks
 from django.test import override_settings
 
 from adldap_auth import checks as adchecks
-from adldap_auth.checks import CHECK_IDS, VALIDATORS, filter_problem
-from adldap_auth.conf import DEFAULTS
+from adldap_auth.conf import DEFAULTS, ldap_rules
+from adldap_auth.conf import messages as check_messages
+from adldap_auth.conf.ldap_syntax import filter_problem
+from adldap_auth.conf.messages import CHECK_IDS, Check
+from adldap_auth.conf.validation import VALIDATORS
+from adldap_auth.conf.value_rules import DEFAULT_ADVICE
 
 #: The smallest valid configuration: it yields no message at all.
 BASE = {
@@ -28,8 +32,13 @@ BASE = {
     "BIND_SEARCH": "DC=example,DC=com",
 }
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"  # not object()'s address: pytest-xdist workers must agree on test ids
+
+
 #: Marks a setting of BASE to leave out.
-UNSET = object()
+UNSET = _Unset()
 
 
 def prefixed(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -307,7 +316,7 @@ def test_setting_value(item: Case) -> None:
         # The setting's name is the message's object and appears in its text; a hint is given.
         assert message.obj.startswith("LDAP_SYNC_")
         assert message.obj in message.msg
-        assert message.hint and message.hint != adchecks._DEFAULT_ADVICE
+        assert message.hint and message.hint != DEFAULT_ADVICE
 
 
 def test_every_setting_has_a_validator_and_a_wrong_value_in_the_table() -> None:
@@ -326,7 +335,7 @@ def test_every_check_id_is_exercised_and_documented() -> None:
 
 
 def test_ids_are_stable_and_match_their_level() -> None:
-    for check in (v for v in vars(adchecks).values() if isinstance(v, adchecks.Check)):
+    for check in (v for v in vars(check_messages).values() if isinstance(v, Check)):
         kind = check.id.removeprefix("adldap_auth.")[0]
         assert {"E": checks.Error, "W": checks.Warning}[kind] is check.level
     assert list(CHECK_IDS) == sorted(CHECK_IDS)
@@ -563,7 +572,7 @@ def test_type_errors_show_the_value_and_its_type() -> None:
 def test_unreadable_ca_file(tmp_path, monkeypatch) -> None:
     ca_file = tmp_path / "ca.pem"
     ca_file.write_text("x")
-    monkeypatch.setattr(adchecks.os, "access", lambda path, mode: False)  # root reads anything
+    monkeypatch.setattr(ldap_rules.os, "access", lambda path, mode: False)  # root reads anything
     [message] = run_ldap_checks(CA_FILE=str(ca_file))
     assert message.id == "adldap_auth.E026"
     assert message.msg == f"LDAP_SYNC_CA_FILE is not readable: {str(ca_file)!r}."

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from django.test import override_settings
 
-from adldap_auth.conf import DEFAULTS, sync_settings
+from adldap_auth.conf import DEFAULTS, get_config, sync_settings
+from tests.unit.test_checks import BASE
 
 #: The settings table of DESIGN.md ("defaults from django-adldap-sync 0.5.2"), written out.
 SEED_DEFAULTS = {
@@ -144,13 +145,13 @@ def test_old_misspelled_callbacks_name_is_read() -> None:
 
 def test_configured_and_bind_uris() -> None:
     assert not sync_settings.configured()
-    assert sync_settings.bind_uris == []
-    with override_settings(LDAP_SYNC_BIND_URI="ldaps://dc1"):
-        assert sync_settings.configured()
-        assert sync_settings.is_set("BIND_URI")
-        assert sync_settings.bind_uris == ["ldaps://dc1"]
-    with override_settings(LDAP_SYNC_BIND_URI=("ldaps://dc1", "ldaps://dc2")):
-        assert sync_settings.bind_uris == ["ldaps://dc1", "ldaps://dc2"]
+    assert not get_config().configured() and get_config().bind_uris == []
+    base = {"LDAP_SYNC_" + k: v for k, v in BASE.items()}
+    with override_settings(**{**base, "LDAP_SYNC_BIND_URI": "ldaps://dc1"}):
+        assert sync_settings.configured() and sync_settings.is_set("BIND_URI")
+        assert get_config().configured() and get_config().bind_uris == ["ldaps://dc1"]
+    with override_settings(**{**base, "LDAP_SYNC_BIND_URI": ("ldaps://dc1", "ldaps://dc2")}):
+        assert get_config().bind_uris == ["ldaps://dc1", "ldaps://dc2"]
 
 
 def test_conf_and_callbacks_import_without_django_settings() -> None:

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 from django.core import checks as django_checks
 
-from adldap_auth import checks, conf
+from adldap_auth import conf
+from adldap_auth.conf import messages as check_messages
+from adldap_auth.conf import validation
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -108,7 +110,7 @@ def test_setting_example_passes_the_system_checks(name):
     import datetime
 
     value = eval(settings_doc.SETTINGS[name]["example"], {"datetime": datetime})  # noqa: S307
-    messages = checks.VALIDATORS[name](name, value)
+    messages = validation.VALIDATORS[name](name, value)
     assert not [m for m in messages if m.level >= django_checks.ERROR], messages
 
 
@@ -129,11 +131,11 @@ def test_migration_page_lists_every_old_setting():
     for old in settings_doc.OLD_ONLY:
         assert f"`{old}`" in text
     assert set(conf.ALIASES) <= set(settings_doc.OLD_ONLY)
-    assert {conf.PREFIX + n for n in checks.FOREIGN_SETTINGS} & set(settings_doc.OLD_ONLY)
+    assert {conf.PREFIX + n for n in validation.FOREIGN_SETTINGS} & set(settings_doc.OLD_ONLY)
 
 
 #: ``LDAP_SYNC_*`` names the pages may mention that are not settings (old or other packages').
-NOT_SETTINGS = set(settings_doc.OLD_ONLY) | {conf.PREFIX + n for n in checks.FOREIGN_SETTINGS}
+NOT_SETTINGS = set(settings_doc.OLD_ONLY) | {conf.PREFIX + n for n in validation.FOREIGN_SETTINGS}
 SETTING_RE = re.compile(r"\b(?:LDAP_)?LDAP_SYNC_[A-Z_]*[A-Z]\b")
 
 
@@ -158,7 +160,7 @@ def test_pages_give_settings_only_values_they_accept(path):
     wrong = []
     for match in SETTING_VALUE_RE.finditer(path.read_text(encoding="utf-8")):
         name = match["name"].removeprefix(conf.PREFIX)
-        if name not in checks.VALIDATORS or name in SITE_DEPENDENT:
+        if name not in validation.VALIDATORS or name in SITE_DEPENDENT:
             continue
         raw = match["value"]
         try:
@@ -167,7 +169,7 @@ def test_pages_give_settings_only_values_they_accept(path):
             if match["sep"] == " = ":
                 continue  # a name in code (a variable): not a literal to check
             value = raw  # `NAME` (`word`): the word as the setting's string value
-        messages = checks.VALIDATORS[name](name, value)
+        messages = validation.VALIDATORS[name](name, value)
         if any(m.level >= django_checks.ERROR for m in messages):
             wrong.append(match.group(0))
     assert not wrong, wrong
@@ -180,7 +182,7 @@ CHECK_RE = re.compile(r"adldap_auth\.[EW]\d{3}")
 
 def test_troubleshooting_page_lists_every_check_id():
     text = page("troubleshooting.md")
-    for check_id, summary in checks.CHECK_IDS.items():
+    for check_id, summary in check_messages.CHECK_IDS.items():
         assert f"`{check_id}`" in text, check_id
         assert summary in text, check_id
 
@@ -190,7 +192,7 @@ def test_pages_name_only_existing_check_ids(path):
     text = path.read_text(encoding="utf-8") + "\n".join(
         e["description"] for e in settings_doc.SETTINGS.values()
     )
-    stale = sorted(set(CHECK_RE.findall(text)) - set(checks.CHECK_IDS))
+    stale = sorted(set(CHECK_RE.findall(text)) - set(check_messages.CHECK_IDS))
     assert not stale, stale
 
 

@@ -16,7 +16,12 @@ PACKAGE = Path(__file__).resolve().parents[2] / "adldap_auth"
 
 #: module (first part of its path in the package) -> package modules it must not import.
 FORBIDDEN = {
-    "conf": {"directory", "mapping", "groups", "membership", "store", "nesting", "sync", "models"},
+    # The settings know nothing above them (callbacks only imports the named functions).
+    "conf": {
+        "directory", "mapping", "groups", "membership", "store", "nesting", "sync", "models",
+        "login", "backends", "backend_settings", "locking", "checks", "admin", "dbwrite",
+        "linking", "resync",
+    },  # fmt: skip
     "directory": {"mapping", "groups", "membership", "store", "nesting", "sync", "models"},
     "mapping": {"groups", "membership", "store", "nesting", "sync", "models"},
     "groups": {"membership", "store", "nesting", "sync", "models"},
@@ -24,7 +29,9 @@ FORBIDDEN = {
     "store": {"sync", "login", "backends"},
     "nesting": {"sync", "login", "backends"},
     "login": {"sync", "backends"},
+    "locking": {"sync", "login", "backends"},
     "backends": {"sync"},
+    "backend_settings": {"sync", "store", "nesting"},
     "checks": {"sync"},
 }
 

@@ -41,11 +41,20 @@ from adldap_auth.mapping import (
     user_attribute_list,
     validate_photo,
 )
+from tests.unit.test_checks import BASE
 
 GUID = "0b8a6a3e-5a1d-4c2b-9a7e-2f3c4d5e6f70"
 DOMAIN_SID = "S-1-5-21-1004336348-1177238915-682003330"
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _connection_settings(settings):
+    """The required connection settings: the mapper reads the validated settings object,
+    which a configuration without them does not give."""
+    for name, value in BASE.items():
+        setattr(settings, f"LDAP_SYNC_{name}", value)
 
 
 def image_bytes(fmt: str, size=(32, 24), mode="RGB") -> bytes:
@@ -1004,21 +1013,22 @@ def test_unknown_schema_attributes_name_the_setting_that_maps_them(settings):
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
-        ("USER_ATTRIBUTES", {"givenName": "first_name"}, "username field"),
-        ("USER_ATTRIBUTES", {"sAMAccountName": "username", "x": "nope"}, "no field 'nope'"),
-        ("USER_ATTRIBUTES", {"sAMAccountName": "username", "x": "is_staff"}, "not a text"),
-        ("USER_ATTRIBUTES", {"sAMAccountName": "username", "x": "password"}, "not a text"),
-        ("USER_EXTRA_PROFILES", ["testapp.Nope"], "no model"),
-        ("USER_EXTRA_PROFILES", ["nodot"], "no model"),
-        ("USER_CHANGE_FIELDCASE", "title", "CHANGE_FIELDCASE"),
-        ("GROUP_ATTRIBUTES", {"description": "description"}, "'name'"),
+        ("USER_ATTRIBUTES", {"givenName": "first_name"}, "E014"),
+        ("USER_ATTRIBUTES", {"sAMAccountName": "username", "x": "nope"}, "E015.*'nope'"),
+        ("USER_ATTRIBUTES", {"sAMAccountName": "username", "x": "is_staff"}, "E015.*is_staff"),
+        ("USER_ATTRIBUTES", {"sAMAccountName": "username", "x": "password"}, "E015.*password"),
+        ("USER_EXTRA_PROFILES", ["testapp.Nope"], "E019"),
+        ("USER_EXTRA_PROFILES", ["nodot"], "E019"),
+        ("USER_CHANGE_FIELDCASE", "title", "E010.*CHANGE_FIELDCASE"),
+        ("GROUP_ATTRIBUTES", {"description": "description"}, "E017"),
     ],
 )
 def test_build_mapping_config_errors(settings, name, value, message):
-    from django.core.exceptions import ImproperlyConfigured
+    """The mapper reads the validated settings: a value the checks refuse never reaches it."""
+    from adldap_auth.conf import ConfigError
 
     setattr(settings, f"LDAP_SYNC_{name}", value)
-    with pytest.raises(ImproperlyConfigured, match=message):
+    with pytest.raises(ConfigError, match=message):
         build_mapping_config(is_ad=True)
 
 

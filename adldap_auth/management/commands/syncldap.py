@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from django.core.management.base import BaseCommand, CommandError
 
-from adldap_auth.conf import sync_settings
+from adldap_auth.conf import ConfigError, get_config
 from adldap_auth.history import sync_status
 from adldap_auth.locking import LockHeld
 from adldap_auth.sync import SyncOptions, SyncResult, run_sync
@@ -121,8 +121,12 @@ class Command(BaseCommand):
                 raise CommandError("--status takes no mode, --dry-run or --force-removals")
             self._print_status(options["last"], options["json"])
             return
+        try:
+            progress_setting = get_config().USER_SHOW_PROGRESS
+        except ConfigError:  # the run records and reports it
+            progress_setting = False
         show_progress = (
-            sync_settings.USER_SHOW_PROGRESS
+            progress_setting
             and not options["json"]
             and options["verbosity"] >= 1
             and self.stderr.isatty()
