@@ -48,6 +48,7 @@ SDIST_TESTS = [
     "tests/unit/test_mapping.py",
     "tests/samba/test_sync_full.py",
     "tests/slapd/test_sync_incremental.py",
+    "tests/slapd/test_backend.py",
     "tests/slapd/test_backend_slapd.py",
     "tests/slapd/test_custom_user_models.py",
     "tests/slapd/test_admin.py",
