@@ -6,6 +6,8 @@ What it adds to ``SlapdObject``:
   suffix ``dc=example,dc=test``, the ACLs of :mod:`tests.lab.ldif`'s layout (a read-only
   ``cn=reader``; binds of disabled users refused, as on AD);
 - overlays as options (``memberof``, ``refint``, ``syncprov``), loaded from /usr/lib/ldap;
+  ``syncprov`` (RFC 4533 Content Synchronization) with a checkpoint, a session log and an
+  ``entryCSN`` index (see :class:`LabSlapd`);
 - an optional size limit for unpaged searches (paged searches stay unlimited, as on AD);
 - optional TLS with a lab CA (:mod:`tests.lab.certs`): StartTLS on :attr:`uri`, and
   :attr:`ldaps_uri`;
@@ -100,6 +102,12 @@ class LabSlapd(SlapdObject):
     the reader account only. ``sizelimit`` caps *unpaged* searches of non-root users
     (SIZELIMIT_EXCEEDED beyond it). ``certs`` reuses a CA made earlier (saves ~0.5 s).
     ``indexes`` are the attributes with an equality index.
+
+    With ``"syncprov"`` in ``overlays``: a contextCSN checkpoint every 100 writes or 10 minutes,
+    a session log of ``syncprov_sessionlog`` writes (0: none; a cookie older than the log gets a
+    present phase instead of deletes), an ``entryCSN`` index (without it syncprov cannot tell a
+    stale cookie, and accepts every one) and, with ``syncprov_reload_hint``, e-syncRefreshRequired
+    for a stale cookie instead of a full refresh. Opt-in: syncprov makes writes slower.
     """
 
     suffix = ldif.BASE_DN
@@ -119,6 +127,8 @@ class LabSlapd(SlapdObject):
         access_log: bool = True,
         indexes: Sequence[str] = DEFAULT_INDEXES,
         photo_attribute: str = ldif.PHOTO_ATTRIBUTE,
+        syncprov_sessionlog: int = 1000,
+        syncprov_reload_hint: bool = False,
     ) -> None:
         unknown = set(overlays) - set(OVERLAYS)
         if unknown:
@@ -136,6 +146,10 @@ class LabSlapd(SlapdObject):
         self.certs = certs
         self.access_log = access_log
         self.indexes = tuple(indexes)
+        if "syncprov" in self.overlays and "entryCSN" not in self.indexes:
+            self.indexes += ("entryCSN",)
+        self.syncprov_sessionlog = syncprov_sessionlog
+        self.syncprov_reload_hint = syncprov_reload_hint
         self.photo_attribute = photo_attribute
         self.ldaps_uri: str | None = None
         if self.tls:
@@ -296,6 +310,10 @@ class LabSlapd(SlapdObject):
                 text += "objectClass: olcRefintConfig\nolcRefintAttribute: member\n"
             elif name == "syncprov":
                 text += "objectClass: olcSyncProvConfig\nolcSpCheckpoint: 100 10\n"
+                if self.syncprov_sessionlog:
+                    text += f"olcSpSessionlog: {self.syncprov_sessionlog}\n"
+                if self.syncprov_reload_hint:
+                    text += "olcSpReloadHint: TRUE\n"
             text += "\n"
         return text
 
