@@ -66,7 +66,7 @@ _RANGE_RE = re.compile(r"^(?P<name>[^;]+);range=(?P<start>\d+)-(?P<end>\d+|\*)$"
 #: Errors after which the next URI is tried.
 _FAILOVER_ERRORS = (ldap.SERVER_DOWN, ldap.TIMEOUT, ldap.CONNECT_ERROR, ldap.UNAVAILABLE, ldap.BUSY)
 #: Errors that mean a search did not see its whole scope.
-_INCOMPLETE_ERRORS = (
+INCOMPLETE_ERRORS = (
     ldap.SIZELIMIT_EXCEEDED,
     ldap.TIMELIMIT_EXCEEDED,
     ldap.ADMINLIMIT_EXCEEDED,
@@ -79,7 +79,7 @@ _INCOMPLETE_ERRORS = (
 )
 
 
-def _error_text(error: ldap.LDAPError) -> str:
+def error_text(error: ldap.LDAPError) -> str:
     """A one-line description of a python-ldap error, without any credentials."""
     details = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
     desc = details.get("desc") or type(error).__name__
@@ -88,7 +88,7 @@ def _error_text(error: ldap.LDAPError) -> str:
 
 
 def _is_tls_failure(error: ldap.LDAPError) -> bool:
-    text = _error_text(error).lower()
+    text = error_text(error).lower()
     return any(word in text for word in ("certificate", "tls", "ssl", "handshake"))
 
 
@@ -129,9 +129,9 @@ class DirectorySession:
                 # The same account fails on every server: stop before it gets locked out.
                 raise DirectoryError(
                     f"bind as {config.bind_dn!r} refused by {uri}: invalid credentials"
-                ) from _scrubbed(error)
+                ) from scrubbed(error)
             except _FAILOVER_ERRORS as error:
-                text = _error_text(error)
+                text = error_text(error)
                 problem = None
                 if uses_tls(uri, config) and not isinstance(error, ldap.TIMEOUT):
                     # libldap (GnuTLS) says only "Can't contact LDAP server": name the cause.
@@ -143,7 +143,7 @@ class DirectorySession:
                 logger.warning("directory server %s unavailable: %s", uri, text)
                 continue
             except ldap.LDAPError as error:
-                raise DirectoryError(f"{uri}: {_error_text(error)}") from _scrubbed(error)
+                raise DirectoryError(f"{uri}: {error_text(error)}") from scrubbed(error)
             logger.debug("bound to %s as %s", uri, config.bind_dn)
             return cls(connection, uri, config)
         message = "no directory server answered: " + "; ".join(failures)
@@ -294,14 +294,14 @@ class DirectorySession:
                 )
             except ldap.NO_SUCH_OBJECT:
                 raise IncompleteRead(f"{self.uri}: search base {base!r} does not exist") from None
-            except _INCOMPLETE_ERRORS as error:
+            except INCOMPLETE_ERRORS as error:
                 raise IncompleteRead(
-                    f"{self.uri}: search of {base!r} stopped early: {_error_text(error)}"
-                ) from _scrubbed(error)
+                    f"{self.uri}: search of {base!r} stopped early: {error_text(error)}"
+                ) from scrubbed(error)
             except ldap.LDAPError as error:
                 raise DirectoryError(
-                    f"{self.uri}: search of {base!r} failed: {_error_text(error)}"
-                ) from _scrubbed(error)
+                    f"{self.uri}: search of {base!r} failed: {error_text(error)}"
+                ) from scrubbed(error)
             for dn, attrs in data:
                 if dn is None:  # a search continuation reference: referrals are not chased
                     continue
@@ -318,14 +318,14 @@ class DirectorySession:
             return self.connection.result3(msgid, all=1, timeout=self.config.operation_timeout)[1]
         except ldap.NO_SUCH_OBJECT:
             raise
-        except _INCOMPLETE_ERRORS as error:
+        except INCOMPLETE_ERRORS as error:
             raise IncompleteRead(
-                f"{self.uri}: read of {base!r} failed: {_error_text(error)}"
-            ) from _scrubbed(error)
+                f"{self.uri}: read of {base!r} failed: {error_text(error)}"
+            ) from scrubbed(error)
         except ldap.LDAPError as error:
             raise DirectoryError(
-                f"{self.uri}: read of {base!r} failed: {_error_text(error)}"
-            ) from _scrubbed(error)
+                f"{self.uri}: read of {base!r} failed: {error_text(error)}"
+            ) from scrubbed(error)
 
     def _request_attrs(self, attrlist: Iterable[str], ranged: Iterable[str]) -> list[str]:
         names = list(dict.fromkeys(attrlist))
@@ -395,6 +395,6 @@ def _page_cookie(controls: list) -> bytes | None:
     return None
 
 
-def _scrubbed(error: ldap.LDAPError) -> DirectoryError:
+def scrubbed(error: ldap.LDAPError) -> DirectoryError:
     """A chained cause that keeps the server's words but none of python-ldap's call arguments."""
-    return DirectoryError(_error_text(error))
+    return DirectoryError(error_text(error))

@@ -27,7 +27,7 @@ from ldap.syncrepl import SyncDoneControl, SyncInfoMessage, SyncRequestControl, 
 from pyasn1.error import PyAsn1Error
 
 from . import DirectoryError, Entry, IncompleteRead
-from .connection import _INCOMPLETE_ERRORS, DirectorySession, _error_text, _scrubbed
+from .connection import INCOMPLETE_ERRORS, DirectorySession, error_text, scrubbed
 
 logger = logging.getLogger("adldap_auth.directory")
 
@@ -127,12 +127,12 @@ def read_changes(
         ) from None
     except ldap.NO_SUCH_OBJECT:
         raise IncompleteRead(f"{session.uri}: search base {base!r} does not exist") from None
-    except _INCOMPLETE_ERRORS as error:
+    except INCOMPLETE_ERRORS as error:
         raise IncompleteRead(
-            f"{session.uri}: content sync of {base!r} stopped early: {_error_text(error)}"
-        ) from _scrubbed(error)
+            f"{session.uri}: content sync of {base!r} stopped early: {error_text(error)}"
+        ) from scrubbed(error)
     except ldap.LDAPError as error:
-        raise _refusal(session.uri, base, error, cookie) from _scrubbed(error)
+        raise _refusal(session.uri, base, error, cookie) from scrubbed(error)
     except PyAsn1Error as error:
         raise DirectoryError(f"{session.uri}: undecodable sync message: {error}") from None
     return collector.batch(session.uri, cookie)
@@ -141,7 +141,7 @@ def read_changes(
 def _refusal(uri: str, base: str, error: ldap.LDAPError, cookie: str | None) -> DirectoryError:
     """The error for a failed sync search: a refused cookie or a plain directory error."""
     details = error.args[0] if error.args and isinstance(error.args[0], dict) else {}
-    text = _error_text(error)
+    text = error_text(error)
     if details.get("result") == SYNC_REFRESH_REQUIRED:
         return CookieRefused(f"{uri}: the server asks for a full refresh: {text}")
     if cookie and isinstance(error, ldap.UNWILLING_TO_PERFORM):
