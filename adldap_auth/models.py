@@ -153,6 +153,9 @@ class SyncMarker(models.Model):
     highest_usn = models.BigIntegerField(null=True, blank=True)
     timestamp = models.CharField(max_length=32, blank=True)
     incrementals_since_full = models.PositiveIntegerField(default=0)
+    #: Change-feed cookies by scope ("users", "groups"), for LDAP_SYNC_CHANGE_TRACKING
+    #: "contentsync": what the server sent at the start of the last successful run.
+    feed_cookies = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -30,6 +30,12 @@ DEFAULTS_INCREMENTAL_USER_FILTER = DEFAULTS["USER_FILTER_INCREMENTAL"]
 
 USN = "usn"
 TIMESTAMP = "timestamp"
+CONTENT_SYNC = "contentsync"
+
+#: The Content Synchronization control (RFC 4533) in a rootDSE's supportedControl.
+CONTENT_SYNC_OID = "1.3.6.1.4.1.4203.1.9.1.1"
+#: The scopes whose feed cookies a marker keeps.
+FEED_SCOPES = ("users", "groups")
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,27 @@ class Tracking:
     attribute: str  # lower-case attribute read on every entry: uSNChanged / whenChanged / ...
 
 
-def choose_tracking(root: RootDSE, setting: str) -> Tracking:
-    """``LDAP_SYNC_CHANGE_TRACKING`` ("auto", "usn", "timestamp") for this server.
+def choose_tracking(
+    root: RootDSE, setting: str, member_attribute: str = "member", identity: str = "entryuuid"
+) -> Tracking:
+    """``LDAP_SYNC_CHANGE_TRACKING`` ("auto", "usn", "timestamp", "contentsync") for this server.
 
-    "usn" on a server without ``highestCommittedUSN`` (not AD) falls back to timestamps.
+    "usn" on a server without ``highestCommittedUSN`` (not AD) falls back to timestamps;
+    "contentsync" on a server that does not offer RFC 4533 (or with ``memberUid`` groups, whose
+    member keys the database does not keep, or another identity than entryUUID) falls back
+    to "auto".
     """
+    if setting == CONTENT_SYNC:
+        if CONTENT_SYNC_OID not in root.supported_controls:
+            reason = "the server does not offer Content Synchronization (RFC 4533)"
+        elif member_attribute == "memberuid":
+            reason = "memberUid groups are not followed by the change feed"
+        elif identity != "entryuuid":
+            reason = "the feed names entries by entryUUID, not LDAP_SYNC_IDENTITY_ATTRIBUTE"
+        else:
+            return Tracking(CONTENT_SYNC, "modifytimestamp")
+        logger.warning("LDAP_SYNC_CHANGE_TRACKING is 'contentsync' but %s", reason)
+        setting = "auto"
     has_usn = root.is_ad and root.highest_committed_usn is not None
     kind = setting
     if kind == "auto" or (kind == USN and not has_usn):
@@ -70,12 +92,19 @@ def choose_mode(
         return "full", "incremental runs are disabled (LDAP_SYNC_USER_INCREMENTAL)"
     if marker is None:
         return "full", "first run against this server, or the last run read another server"
-    if tracking.kind == USN:
+    if tracking.kind == CONTENT_SYNC:
+        cookies = marker.feed_cookies if isinstance(marker.feed_cookies, dict) else {}
+        if not all(isinstance(cookies.get(scope), str) for scope in FEED_SCOPES):
+            return "full", "no change-feed cookie recorded for this server"
+    elif tracking.kind == USN:
         if marker.highest_usn is None:
             return "full", "no uSNChanged marker recorded for this server"
         if not root.invocation_id or marker.invocation_id != root.invocation_id:
             return "full", "the domain controller's invocationId changed (restore or another DC)"
-        if root.highest_committed_usn is not None and root.highest_committed_usn < marker.highest_usn:
+        if (
+            root.highest_committed_usn is not None
+            and root.highest_committed_usn < marker.highest_usn
+        ):
             return "full", "the server's highestCommittedUSN went backwards"
     elif not marker.timestamp:
         return "full", "no timestamp marker recorded for this server"
@@ -115,7 +144,9 @@ def since_timestamp(marker: Any, offset_minutes: int) -> datetime:
     return datetime.fromisoformat(marker.timestamp) - timedelta(minutes=int(offset_minutes))
 
 
-def entry_changed(value: bytes | None, tracking: Tracking, marker: Any, offset_minutes: int) -> bool:
+def entry_changed(
+    value: bytes | None, tracking: Tracking, marker: Any, offset_minutes: int
+) -> bool:
     """Whether an entry whose tracking attribute is ``value`` changed since ``marker``.
 
     An entry without the attribute counts as changed: reading it again is always safe.

@@ -733,14 +733,19 @@ SETTINGS: dict[str, dict] = {
     },
     "CHANGE_TRACKING": {
         "section": "incremental",
-        "type": '`"auto"`, `"usn"` or `"timestamp"`',
+        "type": '`"auto"`, `"usn"`, `"timestamp"` or `"contentsync"`',
         "description": (
             "How an incremental run finds changes (see "
             "[incremental runs](sync.md#incremental-runs)). `\"usn\"`: `uSNChanged` against "
             "the domain controller's `highestCommittedUSN` (Active Directory only: elsewhere "
             "every run is then full). "
             "`\"timestamp\"`: the `?` filters with `whenChanged` (AD) or `modifyTimestamp`. "
-            "`\"auto\"`: `\"usn\"` on Active Directory, `\"timestamp\"` elsewhere."
+            "`\"auto\"`: `\"usn\"` on Active Directory, `\"timestamp\"` elsewhere. "
+            "`\"contentsync\"` (opt-in): the server's change feed (RFC 4533, OpenLDAP's "
+            "`syncprov` overlay): changed users and groups and deletions, with no sweep of "
+            "the user scope and no read of unchanged groups; the account needs an unlimited "
+            "size limit. Without the feed (or with `memberUid` groups) `\"auto\"` applies; a "
+            "cookie the server refuses makes the run full."
         ),
         "example": '"auto"',
         "seed": False,

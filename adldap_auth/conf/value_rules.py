@@ -108,7 +108,8 @@ ADVICE = {
     "GROUP_REMOVAL_ACTION": '"KEEP" leaves groups gone from the directory, "DELETE" deletes them.',
     "GROUP_MEMBERSHIP_MODE": '"graph" reads each group once per run; "filter" runs '
     "LDAP_SYNC_GROUP_MEMBERSHIP_FILTER once per user.",
-    "CHANGE_TRACKING": '"auto" uses uSNChanged on Active Directory and modifyTimestamp elsewhere.',
+    "CHANGE_TRACKING": '"auto" uses uSNChanged on Active Directory and modifyTimestamp elsewhere; '
+    '"contentsync" the server\'s RFC 4533 change feed.',
     "IDENTITY_ATTRIBUTE": '"auto" (objectGUID on Active Directory, entryUUID elsewhere) or '
     "the name of an immutable attribute.",
     "GROUP_MEMBER_ATTRIBUTE": 'The attribute of group entries that lists members: "member", '

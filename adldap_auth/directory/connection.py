@@ -217,6 +217,7 @@ class DirectorySession:
                 "vendorName",
                 "tokenGroups",  # AD: the SIDs of the bound account's token
                 "subschemaSubentry",
+                "supportedControl",
             ],
         )
         if entry is None:
@@ -240,6 +241,9 @@ class DirectorySession:
             vendor=entry.text("vendorName"),
             token_sids=tuple(_sids(entry.attrs.get("tokengroups", ()))),
             subschema_subentry=entry.text("subschemaSubentry"),
+            supported_controls=frozenset(
+                v.decode("ascii", "replace") for v in entry.attrs.get("supportedcontrol", [])
+            ),
         )
 
     def attribute_types(self, subschema_dn: str | None) -> frozenset[str] | None:

@@ -33,6 +33,8 @@ class RootDSE:
     #: The DN of the entry holding the server's schema (RFC 4512, 5.1), for
     #: :meth:`DirectorySession.attribute_types`.
     subschema_subentry: str | None = None
+    #: The control OIDs of the rootDSE's ``supportedControl`` (e.g. Content Synchronization).
+    supported_controls: frozenset[str] = frozenset()
 
     @property
     def privileged_groups(self) -> list[str]:

@@ -32,6 +32,7 @@ from ..nesting import (
 )
 from ..store import RunReport, Store
 from ..tracking import TimestampHigh, choose_mode, choose_tracking, entry_changed
+from .feed import FeedSteps
 from .guards import (
     check_group_read,
     linked_group_guids,
@@ -85,7 +86,7 @@ def close_interrupted_runs() -> int:
     )
 
 
-class SyncEngine(UserSteps, RemovalSteps):
+class SyncEngine(UserSteps, RemovalSteps, FeedSteps):
     """One batch run. Create, call :meth:`run` once, read the result."""
 
     def __init__(self, options: SyncOptions, heartbeat: Callable[[], None] | None = None):
@@ -158,10 +159,12 @@ class SyncEngine(UserSteps, RemovalSteps):
             status = SyncRun.STATUS_PARTIAL
         return self._finish(status, error, time.monotonic() - started)
 
-    def _choose_mode(self) -> SyncMarker | None:
+    def _choose_mode(self, config: MappingConfig) -> SyncMarker | None:
         """Full or incremental (and why); returns this server's marker, if any."""
         s = self.config
-        self.tracking = choose_tracking(self.root, s.CHANGE_TRACKING)
+        self.tracking = choose_tracking(
+            self.root, s.CHANGE_TRACKING, config.member_attribute, config.identity_attribute
+        )
         marker = SyncMarker.objects.filter(server=self.session.uri).first()
         self.mode, self.mode_reason = choose_mode(
             self.options.mode,
@@ -237,7 +240,8 @@ class SyncEngine(UserSteps, RemovalSteps):
         s = self.config
         config = build_mapping_config(is_ad=self.root.is_ad)
         self._warn_unknown_attributes(config)
-        marker = self._choose_mode()
+        marker = self._choose_mode(config)
+        self._follow_feed(config, marker)  # "contentsync": changes or cookies, before writes
         self.high_water = TimestampHigh()
         # A run that died after writing memberships and before storing its nesting left
         # memberships that neither the stored nesting nor (if it changed since) the directory
@@ -251,8 +255,11 @@ class SyncEngine(UserSteps, RemovalSteps):
         present_groups: set[str] = set()
         changed_groups: set[str] = set()
         before: dict[str, StoredNesting] = {}
-        if s.GROUP:
+        if s.GROUP and self.feed is not None and self.feed.groups is not None:
+            graph, changed_groups = self.feed.groups, self.feed.changed_groups
+        elif s.GROUP:
             graph, changed_groups = self._read_groups(config)
+        if s.GROUP:
             if self.mode == INCREMENTAL:
                 before = stored_member_lists(changed_groups)
             # Synced now: the group scope, and the groups outside it that Django already
@@ -370,6 +377,7 @@ class SyncEngine(UserSteps, RemovalSteps):
         marker.highest_usn = self.root.highest_committed_usn
         if self.high_water.value is not None:
             marker.timestamp = self.high_water.value.isoformat()
+        marker.feed_cookies = self.feed_cookies or {}
         if self.mode == FULL:
             marker.incrementals_since_full = 0
         else:

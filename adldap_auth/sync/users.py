@@ -24,6 +24,7 @@ from ..nesting import (
 )
 from ..store import Store
 from ..tracking import changed_filter
+from .feed import present_from_links
 from .planner import MembershipPlanner, _chunks, user_ids_holding
 from .results import INCREMENTAL
 
@@ -40,7 +41,8 @@ class UserSteps:
         """Write users (all of them, or those changed) and their memberships, a batch at a time.
 
         Returns every user in scope: guid -> (member key, primary group SID). A full run gets it
-        from the users it reads; an incremental run from an id-only sweep of the whole scope.
+        from the users it reads; an incremental run from an id-only sweep of the whole scope,
+        or with the change feed from the stored links less the users the feed says are gone.
         """
         s = self.config
         present: dict[str, tuple[str, str | None]] = {}
@@ -54,7 +56,12 @@ class UserSteps:
                 ),
             )
         attributes = [*user_attribute_list(config), self.tracking.attribute]
-        records = self._read_users(config, scope, attributes, present)
+        if self.feed is not None:  # the change feed: its entries; everyone else is present
+            present.update(present_from_links(self.feed.deleted_users))
+            entries = iter(self.feed.users)
+        else:
+            entries = read_entries(self.session, scope, attributes)
+        records = self._read_users(config, entries, present)
         for batch in _chunks(records, s.WRITE_BATCH_SIZE):
             if self.heartbeat:  # before each batch's writes: a lost lock stops the run here
                 self.heartbeat()
@@ -65,7 +72,7 @@ class UserSteps:
             if s.GROUP_MEMBERSHIP:
                 store.sync_memberships(planner.desired(outcomes), planner.managed)
             self._remove_disabled(store, batch)
-        if self.mode == INCREMENTAL:
+        if self.mode == INCREMENTAL and self.feed is None:
             present = self._sweep_users(config)
         self._sync_deferred_users(store, planner, present)
         return present
@@ -83,8 +90,8 @@ class UserSteps:
             store.sync_memberships(planner.desired(outcomes), planner.managed)
         self._remove_disabled(store, [outcome.record for outcome in outcomes])
 
-    def _read_users(self, config, scope, attributes, present) -> Iterator[UserRecord]:
-        for entry in read_entries(self.session, scope, attributes):
+    def _read_users(self, config, entries, present) -> Iterator[UserRecord]:
+        for entry in entries:
             self.high_water.see(entry.first(self.tracking.attribute))
             guid = entry_guid(entry, config.identity_attribute)
             if guid:

@@ -278,6 +278,7 @@ CASES = [
     case("INCREMENTAL_TIMESTAMPFORMAT", "%Y%m%d%H%M%SZ"),
     case("CHANGE_TRACKING", "USN", "E010"),
     case("CHANGE_TRACKING", "timestamp"),
+    case("CHANGE_TRACKING", "contentsync"),
     case("REMOVAL_THRESHOLD", -1, "E022"),
     case("REMOVAL_THRESHOLD", "0%", "E022"),
     case("REMOVAL_THRESHOLD", "101%", "E022"),
