@@ -3,8 +3,8 @@
 No ``LDAP_SYNC_*`` setting is set here: tests set the ones they need with ``override_settings``.
 ``ADLDAP_TEST_DB=postgres`` runs the suite on PostgreSQL at 127.0.0.1:5432 (database "test",
 user postgres, no password), ``ADLDAP_TEST_DB=mariadb`` on MariaDB/MySQL at 127.0.0.1:3306
-(database "test", user root, no password; Django's test runner creates ``test_test``); the
-default is SQLite.
+(database "test", user root, no password; Django's test runner creates ``test_test``, and
+under pytest-xdist one per worker: ``test_test_gw0``...); the default is SQLite.
 """
 
 import atexit
