@@ -6,11 +6,10 @@ an error, the same messages ``manage.py check`` shows. The batch, the login back
 admin read settings only through it.
 """
 
-from .config import ConfigError, SyncConfig, config_problems, get_config
+from .config import ConfigError, SyncConfig, config_problems, get_config, in_use
 from .defaults import ALIASES, DEFAULTS, INHERITS, PREFIX, REQUIRED
 from .reader import SyncSettings, default_group_names, name_listed, sync_settings
 from .threshold import RemovalThreshold, removal_threshold
-from .value_rules import in_use
 
 __all__ = [
     "ALIASES",

