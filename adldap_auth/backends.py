@@ -124,6 +124,16 @@ __all__ = [
 ]
 
 
+def _settings_refuse(what: str, username: str) -> bool:
+    """True (logged) when the settings have errors, those ``manage.py check`` shows."""
+    try:
+        get_config()
+    except ConfigError as error:
+        logger.error("directory %s of %r impossible: %s", what, username, error)
+        return True
+    return False
+
+
 @dataclass
 class _DirectoryState:
     """What one login learnt about its entry (kept on the ``_LDAPUser``)."""
@@ -186,10 +196,7 @@ class ADLDAPBackend(LDAPBackend):
         username = kwargs.pop(self.get_user_model().USERNAME_FIELD, username)
         if username is None:
             return None
-        try:
-            get_config()
-        except ConfigError as error:  # the errors 'manage.py check' shows
-            logger.error("directory login of %r impossible: %s", username, error)
+        if _settings_refuse("login", username):
             return None
         login = self._login_name(username)
         if login is None:
@@ -215,10 +222,7 @@ class ADLDAPBackend(LDAPBackend):
         django-auth-ldap API), through the same mapper and store as a login."""
         if not self.uses_sync_settings():
             return super().populate_user(username)
-        try:
-            get_config()
-        except ConfigError as error:  # the errors 'manage.py check' shows
-            logger.error("directory lookup of %r impossible: %s", username, error)
+        if _settings_refuse("lookup", username):
             return None
         username = self._login_name(username)
         if username is None:

@@ -88,6 +88,16 @@ class GroupRead:
     skipped: SkipEntry | None = None
 
 
+def group_scope_guids(session: DirectorySession, config: MappingConfig) -> set[str]:
+    """The ids of the group scope's entries, by one id-only read."""
+    identity = config.identity_attribute
+    return {
+        guid
+        for entry in read_entries(session, group_scope(), [identity])
+        if (guid := entry_guid(entry, identity))
+    }
+
+
 def read_groups(
     session: DirectorySession,
     config: MappingConfig,
@@ -100,14 +110,7 @@ def read_groups(
     same = normalize_dn(groups.base) == normalize_dn(members.base) and (
         groups.filterstr.strip() == members.filterstr.strip()
     )
-    in_scope: set[str] | None = None
-    if not same:
-        identity = config.identity_attribute
-        in_scope = {
-            guid
-            for entry in read_entries(session, groups, [identity])
-            if (guid := entry_guid(entry, identity))
-        }
+    in_scope = None if same else group_scope_guids(session, config)
     attributes = [*group_attribute_list(config), *extra_attributes]
     ranged = [config.member_attribute]
     seen: set[str] = set()
@@ -133,7 +136,9 @@ def read_groups(
 _LIVE_KEY = "adldap_auth:live-graph"
 
 
-def live_graph(session: DirectorySession, config: MappingConfig, refresh: bool = False) -> GroupGraph:
+def live_graph(
+    session: DirectorySession, config: MappingConfig, refresh: bool = False
+) -> GroupGraph:
     """The group graph of the membership scope read now, without user keys, for logins that
     have no stored nesting (or ask for the live one). Kept in Django's cache for
     ``LDAP_SYNC_LOGIN_GROUP_CACHE_TIMEOUT`` seconds, so that every worker reads it once."""

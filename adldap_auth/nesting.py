@@ -227,6 +227,25 @@ def load_stored_graph() -> GroupGraph:
     return GroupGraph(records)
 
 
+def stored_group_records() -> list[GroupRecord]:
+    """The groups of the stored nesting as records, with their direct member keys (the graph
+    a change-feed run updates)."""
+    return [
+        GroupRecord(
+            dn=dn,
+            guid=guid,
+            name=fields.get("name", ""),
+            fields=fields,
+            member_keys=list(member_keys),
+            object_sid=sid or None,
+            in_scope=in_scope,
+        )
+        for guid, dn, sid, fields, in_scope, member_keys in GroupNode.objects.values_list(
+            "guid", "dn", "object_sid", "fields", "in_scope", "member_keys"
+        )
+    ]
+
+
 def forget_loaded() -> None:
     """Drop this process's loaded graph (tests; a settings change)."""
     global _loaded

@@ -8,7 +8,13 @@ admin read settings only through it.
 
 from .config import ConfigError, SyncConfig, config_problems, get_config, in_use
 from .defaults import ALIASES, DEFAULTS, INHERITS, PREFIX, REQUIRED
-from .reader import SyncSettings, default_group_names, name_listed, sync_settings
+from .reader import (
+    SyncSettings,
+    default_group_names,
+    name_listed,
+    sync_settings,
+    without_bind_password,
+)
 from .threshold import RemovalThreshold, removal_threshold
 
 __all__ = [
@@ -28,4 +34,5 @@ __all__ = [
     "name_listed",
     "removal_threshold",
     "sync_settings",
+    "without_bind_password",
 ]

@@ -119,9 +119,8 @@ class SyncConfig:
     # Logins
     LOGIN_GROUP_RESOLUTION: str
     LOGIN_GROUP_CACHE_TIMEOUT: int
-    # Not settings: which names the site set, and the warnings the settings gave.
+    # Not a setting: which names the site set.
     set_names: frozenset[str] = field(default=frozenset(), repr=False)
-    warnings: tuple[Message, ...] = field(default=(), repr=False)
 
     def is_set(self, name: str) -> bool:
         """Whether the site set ``LDAP_SYNC_<name>`` itself."""
@@ -179,7 +178,7 @@ def build_config() -> SyncConfig:
         value = getattr(sync_settings, name)
         convert = _CONVERSIONS.get(name)
         values[name] = convert(value) if convert and value is not None else value
-    return SyncConfig(**values, set_names=frozenset(set_names()), warnings=tuple(problems))
+    return SyncConfig(**values, set_names=frozenset(set_names()))
 
 
 _cache_lock = threading.Lock()

@@ -77,3 +77,13 @@ class _Missing:
 _MISSING = _Missing()
 
 sync_settings = SyncSettings()
+
+
+def without_bind_password(text: str) -> str:
+    """``text`` with the bind password masked, should it quote it (an error, a message quoting
+    a callback path or a filter). Reads the setting itself, so it works when the settings have
+    errors too."""
+    password = sync_settings.BIND_PASS
+    if isinstance(password, str) and password:
+        return text.replace(password, "********")
+    return text

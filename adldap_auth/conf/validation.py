@@ -13,7 +13,7 @@ from django.conf import settings
 from . import ldap_rules, model_rules
 from .defaults import ALIASES, DEFAULTS, PREFIX
 from .messages import E027, W001, W002, W003, W007, W008, Message
-from .reader import sync_settings
+from .reader import sync_settings, without_bind_password
 from .value_rules import (
     DEFAULT_ADVICE,
     boolean,
@@ -186,8 +186,7 @@ def validate() -> list[Message]:
 def _without_password(message: Message) -> Message:
     """``message`` with the bind password masked, should a quoted value contain it (a callback
     path, a filter): check output and run records are read by more people than settings."""
-    password = sync_settings.BIND_PASS
-    if isinstance(password, str) and password and password in f"{message.msg}{message.hint}":
-        message.msg = message.msg.replace(password, "********")
-        message.hint = (message.hint or "").replace(password, "********")
+    message.msg = without_bind_password(message.msg)
+    if message.hint:
+        message.hint = without_bind_password(message.hint)
     return message

@@ -11,7 +11,13 @@ from django.utils import timezone
 
 from .. import signals
 from ..callbacks import resolve_callback
-from ..conf import ConfigError, SyncConfig, default_group_names, get_config
+from ..conf import (
+    ConfigError,
+    SyncConfig,
+    default_group_names,
+    get_config,
+    without_bind_password,
+)
 from ..directory import DirectoryError
 from ..directory.connection import DirectorySession, RootDSE, connection_config
 from ..groups import GroupGraph, StoredNesting
@@ -64,17 +70,6 @@ def run_sync(options: SyncOptions | None = None) -> SyncResult:
     with run_lock() as lock:
         close_interrupted_runs()
         return SyncEngine(options, heartbeat=lock.heartbeat).run()
-
-
-def _without_secret(text: str) -> str:
-    """``text`` with the bind password masked, should an unexpected error quote it."""
-    try:
-        password = get_config().BIND_PASS
-    except ConfigError:
-        return text
-    if isinstance(password, str) and password:
-        text = text.replace(password, "********")
-    return text
 
 
 def close_interrupted_runs() -> int:
@@ -138,7 +133,7 @@ class SyncEngine(UserSteps, RemovalSteps, FeedSteps):
             status = SyncRun.STATUS_FAILED
             logger.error("sync run failed: %s", error)
         except Exception as exc:
-            error = _without_secret(f"{type(exc).__name__}: {exc}")
+            error = without_bind_password(f"{type(exc).__name__}: {exc}")
             self.error_kind = type(exc).__name__
             status = SyncRun.STATUS_FAILED
             logger.exception("sync run failed: %s", error)

@@ -26,11 +26,12 @@ from ..directory import Entry
 from ..directory.contentsync import ContentSyncUnavailable, CookieRefused, read_changes
 from ..directory.readers import Scope, and_filter, read_entries
 from ..groups import GroupGraph
-from ..mapping import GroupRecord, MappingConfig, SkipEntry, entry_guid, map_group
+from ..mapping import MappingConfig, SkipEntry, entry_guid, map_group
 from ..mapping.attribute_lists import group_attribute_list, user_attribute_list
 from ..mapping.values import normalize_dn
-from ..membership import group_scope, is_under, membership_scope
-from ..models import DirectoryUser, GroupNode
+from ..membership import group_scope, group_scope_guids, is_under, membership_scope
+from ..models import DirectoryUser
+from ..nesting import stored_group_records
 from ..resync import identity_filter
 from ..tracking import CONTENT_SYNC, FEED_SCOPES
 from .results import FULL, INCREMENTAL
@@ -47,6 +48,8 @@ class FeedChanges:
 
     users: list = field(default_factory=list)  # changed user entries
     deleted_users: frozenset[str] = frozenset()
+    #: every linked user the feed did not report gone: guid -> (member key, primary group SID)
+    present_users: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     groups: GroupGraph | None = None  # the stored nesting with the changes applied
     changed_groups: set[str] = field(default_factory=set)  # changed and deleted group guids
 
@@ -89,9 +92,16 @@ class FeedSteps:
         users = read_changes(
             self.session, base, filterstr, user_attribute_list(config), cookies["users"]
         )
-        stored_dns = dict(DirectoryUser.objects.values_list("guid", "dn"))
+        links = list(
+            DirectoryUser.objects.values_list("guid", "dn", "removed_at", "removal_reason")
+        )
+        stored_dns = {guid: dn for guid, dn, _removed, _reason in links}
         deleted = users.deletions(stored_dns)
-        changes = FeedChanges(users=list(users.changed.values()), deleted_users=deleted)
+        changes = FeedChanges(
+            users=list(users.changed.values()),
+            deleted_users=deleted,
+            present_users=_present_users(links, deleted),
+        )
         new_cookies = {"users": users.cookie, "groups": cookies["groups"], "reread": []}
         if self.config.GROUP:
             base, filterstr = self._feed_scope("groups", config)
@@ -179,45 +189,19 @@ class FeedSteps:
         groups, members = group_scope(), membership_scope(config)
         if groups.filterstr.strip() == members.filterstr.strip():
             return lambda _guid, dn: is_under(dn, groups.base)
-        identity = config.identity_attribute
-        found = {
-            guid
-            for entry in read_entries(
-                self.session, Scope(groups.base, groups.filterstr), [identity]
-            )
-            if (guid := entry_guid(entry, identity))
-        }
+        found = group_scope_guids(self.session, config)
         return lambda guid, _dn: guid in found
 
 
-def stored_group_records() -> list[GroupRecord]:
-    """The groups of the stored nesting as records, with their direct member keys."""
-    return [
-        GroupRecord(
-            dn=dn,
-            guid=guid,
-            name=fields.get("name", ""),
-            fields=fields,
-            member_keys=list(member_keys),
-            object_sid=sid or None,
-            in_scope=in_scope,
-        )
-        for guid, dn, sid, fields, in_scope, member_keys in GroupNode.objects.values_list(
-            "guid", "dn", "object_sid", "fields", "in_scope", "member_keys"
-        )
-    ]
-
-
-def present_from_links(deleted: frozenset[str]) -> dict[str, tuple[str, str | None]]:
+def _present_users(links: list[tuple], deleted: frozenset[str]) -> dict[str, tuple[str, None]]:
     """Every linked user the feed did not report gone, by guid: (member key, primary group
     SID). Users removed as missing stay out (they come back as changed entries)."""
-    present: dict[str, tuple[str, str | None]] = {}
-    rows = DirectoryUser.objects.values_list("guid", "dn", "removed_at", "removal_reason")
-    for guid, dn, removed_at, reason in rows:
-        if guid in deleted or (removed_at is not None and reason == DirectoryUser.REASON_MISSING):
-            continue
-        present[guid] = (normalize_dn(dn), None)
-    return present
+    return {
+        guid: (normalize_dn(dn), None)
+        for guid, dn, removed_at, reason in links
+        if guid not in deleted
+        and not (removed_at is not None and reason == DirectoryUser.REASON_MISSING)
+    }
 
 
 def _moved_user_keys(

@@ -24,7 +24,6 @@ from ..nesting import (
 )
 from ..store import Store
 from ..tracking import changed_filter
-from .feed import present_from_links
 from .planner import MembershipPlanner, _chunks, user_ids_holding
 from .results import INCREMENTAL
 
@@ -57,7 +56,7 @@ class UserSteps:
             )
         attributes = [*user_attribute_list(config), self.tracking.attribute]
         if self.feed is not None:  # the change feed: its entries; everyone else is present
-            present.update(present_from_links(self.feed.deleted_users))
+            present.update(self.feed.present_users)
             entries = iter(self.feed.users)
         else:
             entries = read_entries(self.session, scope, attributes)
