@@ -23,6 +23,14 @@ Outcomes:
 - another run holds the lock: nothing is done or recorded; returns ``{"status": "skipped",
   "error": "another sync is running since ...", ...}``. Not retried: the running sync covers it.
 
+``adldap_auth.tasks.syncldap_watch(duration=290)`` follows the directory for ``duration``
+seconds (:mod:`adldap_auth.watch`), holding the run lock, and returns the watch's summary.
+Scheduled by beat a little more often than its window (every 5 minutes for 290 s), it gives a
+site without a long-running service changes applied within ``LDAP_SYNC_WATCH_INTERVAL`` most
+of the time; a window started while the previous one still runs is skipped (the lock). The
+worker must allow the window (``task_time_limit`` above it). A long-running
+``manage.py syncldap watch`` service is the better choice where one can run (docs/operations.md).
+
 Retry options can be changed per site with Celery's task annotations, e.g.
 ``CELERY_TASK_ANNOTATIONS = {"adldap_auth.tasks.syncldap": {"max_retries": 5}}``.
 """
@@ -37,6 +45,7 @@ from celery.utils.log import get_task_logger
 from .directory import DirectoryUnavailable
 from .locking import LockHeld
 from .sync import SyncOptions, run_sync
+from .watch import WatchOptions, watch
 
 logger = get_task_logger("adldap_auth.tasks")
 
@@ -57,6 +66,18 @@ TASK_OPTIONS: dict[str, Any] = {
 }
 
 
+def skipped(held: LockHeld, mode: str | None) -> dict[str, Any]:
+    """The summary of a task that found the lock taken: nothing done or recorded."""
+    return {
+        "status": "skipped",
+        "mode": mode,
+        "error": str(held),
+        "lock_pid": held.owner.pid if held.owner else None,
+        "lock_host": held.owner.host if held.owner else None,
+        "lock_since": held.since.isoformat() if held.since else None,
+    }
+
+
 def run_task(task: Any, mode: str | None = None) -> dict[str, Any]:
     """The body of both task names: run the sync, return its summary, raise to retry."""
     if mode not in MODES:
@@ -65,14 +86,7 @@ def run_task(task: Any, mode: str | None = None) -> dict[str, Any]:
         result = run_sync(SyncOptions(mode=mode))
     except LockHeld as held:
         logger.warning("syncldap task skipped: %s", held)
-        return {
-            "status": "skipped",
-            "mode": mode,
-            "error": str(held),
-            "lock_pid": held.owner.pid if held.owner else None,
-            "lock_host": held.owner.host if held.owner else None,
-            "lock_since": held.since.isoformat() if held.since else None,
-        }
+        return skipped(held, mode)
     summary = result.as_dict()
     transient = TRANSIENT_ERRORS.get(result.error_kind)
     if transient is not None:
@@ -98,3 +112,19 @@ def syncldap(self, mode: str | None = None) -> dict[str, Any]:
 def syncldap_legacy(self, mode: str | None = None) -> dict[str, Any]:
     """django-adldap-sync's task name, for existing beat schedules. Same as :func:`syncldap`."""
     return run_task(self, mode)
+
+
+@shared_task(name="adldap_auth.tasks.syncldap_watch")
+def syncldap_watch(duration: float = 290.0) -> dict[str, Any]:
+    """Follow the directory for ``duration`` seconds; the watch's summary (``stopped_by``
+    "duration" when all went well), or "skipped" when another run holds the lock."""
+    if not duration or duration <= 0:
+        raise ValueError(f"duration must be a number of seconds > 0, not {duration!r}")
+    try:
+        summary = watch(WatchOptions(duration=duration))
+    except LockHeld as held:
+        logger.warning("syncldap_watch task skipped: %s", held)
+        return skipped(held, "watch")
+    if not summary.ok:
+        logger.error("syncldap_watch task stopped: %s", summary.stopped_by)
+    return {"status": "stopped", **summary.as_dict()}

@@ -806,6 +806,28 @@ SETTINGS: dict[str, dict] = {
         "example": "500",
         "seed": False,
     },
+    "WATCH_INTERVAL": {
+        "section": "safety",
+        "type": "`int` or `float`, seconds > 0",
+        "description": (
+            "How often [`syncldap watch`](operations.md#following-changes-syncldap-watch) "
+            "looks at the directory when no change feed tells it sooner (DirSync, "
+            "uSNChanged, timestamps; on OpenLDAP with syncprov a change is applied when "
+            "the server reports it, and this is only the safety net)."
+        ),
+        "example": "2",
+        "seed": False,
+    },
+    "WATCH_FULL_INTERVAL": {
+        "section": "safety",
+        "type": "`int` or `float`, seconds > 0",
+        "description": (
+            "Seconds between two full runs of a long-running `syncldap watch` (it holds the "
+            "run lock, so a cron full run would find the lock taken)."
+        ),
+        "example": "7 * 24 * 3600",
+        "seed": False,
+    },
     # -- login -------------------------------------------------------------------------------
     "LOGIN_GROUP_RESOLUTION": {
         "section": "login",

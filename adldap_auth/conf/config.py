@@ -116,6 +116,9 @@ class SyncConfig:
     REMOVAL_GRACE: dt.timedelta | None
     LOCK_STALE_AFTER: float
     WRITE_BATCH_SIZE: int
+    # syncldap watch
+    WATCH_INTERVAL: float
+    WATCH_FULL_INTERVAL: float
     # Logins
     LOGIN_GROUP_RESOLUTION: str
     LOGIN_GROUP_CACHE_TIMEOUT: int
@@ -152,6 +155,8 @@ _CONVERSIONS: dict[str, Callable[[Any], Any]] = {
     "NETWORK_TIMEOUT": float,
     "OPERATION_TIMEOUT": float,
     "LOCK_STALE_AFTER": float,
+    "WATCH_INTERVAL": float,
+    "WATCH_FULL_INTERVAL": float,
     "REMOVAL_THRESHOLD": removal_threshold,
     "REMOVAL_GRACE": lambda v: (
         v if v is None or isinstance(v, dt.timedelta) else dt.timedelta(seconds=v)

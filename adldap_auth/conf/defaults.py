@@ -107,6 +107,10 @@ DEFAULTS: dict[str, Any] = {
     "REMOVAL_GRACE": None,  # seconds (or timedelta) a missing user stays deactivated before delete
     "LOCK_STALE_AFTER": 6 * 3600,  # seconds after which a lock whose holder is silent is taken over
     "WRITE_BATCH_SIZE": 1000,
+    # syncldap watch (new): seconds between two looks at the directory when no change feed
+    # rings sooner, and between two full runs of a long-running watch.
+    "WATCH_INTERVAL": 5.0,
+    "WATCH_FULL_INTERVAL": 24 * 3600,
     # Login backend (new): how adldap_auth.backends.ADLDAPBackend finds a user's groups. Both
     # values read the user's direct groups live and walk up the batch's group graph.
     # "auto": the nesting the last batch run stored (the graph is read live only before any

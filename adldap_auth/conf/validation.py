@@ -99,6 +99,8 @@ VALIDATORS: dict[str, Callable[[str, Any], list[Message]]] = {
     "REMOVAL_GRACE": removal_grace,
     "LOCK_STALE_AFTER": seconds,
     "WRITE_BATCH_SIZE": integer(1),
+    "WATCH_INTERVAL": seconds,
+    "WATCH_FULL_INTERVAL": seconds,
     "LOGIN_GROUP_RESOLUTION": choice("auto", "in_chain", "graph"),
     "LOGIN_GROUP_CACHE_TIMEOUT": integer(0),
 }

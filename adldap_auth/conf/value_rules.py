@@ -98,6 +98,8 @@ ADVICE = {
     "PHOTO_MAX_BYTES": "The largest photo accepted, in bytes, e.g. 5242880.",
     "PHOTO_MAX_PIXELS": "The largest photo accepted, in pixels (width x height), e.g. 16777216.",
     "WRITE_BATCH_SIZE": "Rows written per database batch, e.g. 1000.",
+    "WATCH_INTERVAL": "Seconds between two looks at the directory of 'syncldap watch', e.g. 5.",
+    "WATCH_FULL_INTERVAL": "Seconds between two full runs of 'syncldap watch', e.g. 86400.",
     "RANGE_SIZE": "None lets the server choose; otherwise member values are requested in "
     "ranges of this size (Active Directory's MaxValRange is 1500).",
     "INCREMENTAL_BETWEEN_FULL": "A full run after this many incremental runs; -1 never, 0 always.",

@@ -64,6 +64,12 @@ class ContentSyncBatch:
     _deleted: frozenset[str] = field(default=frozenset(), repr=False)
     _present: frozenset[str] = field(default=frozenset(), repr=False)
 
+    @property
+    def empty(self) -> bool:
+        """True when the server reported nothing at all: no change, deletion or present list
+        (only a new cookie). The caller need not look at what it holds."""
+        return not (self.changed or self.full_refresh or self._deleted)
+
     def deletions(self, known_uuids: Iterable[str]) -> frozenset[str]:
         """Which of ``known_uuids`` left the scope (deleted, moved out, filtered out).
 

@@ -243,6 +243,11 @@ class SyncEngine(UserSteps, RemovalSteps, FeedSteps):
         # describes: compared against the stored nesting, they would stay. Read before this
         # run marks the state itself.
         self.unsettled = bool(s.GROUP) and memberships_unsettled()
+        if self.feed is not None and self.feed.nothing and not self.unsettled:
+            self.report.counts["feed_unchanged"] = 1  # nothing read, nothing to write
+            if not self.options.dry_run:
+                self._save_marker(marker)
+            return
         store = self._open_store(config)
         create_outside = bool(s.GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS)
         group_ids: dict[str, int] = {}

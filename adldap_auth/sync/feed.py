@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..conf import SyncConfig
 from ..directory import Entry
 from ..directory.contentsync import ContentSyncUnavailable, CookieRefused, read_changes
 from ..directory.readers import Scope, and_filter, read_entries
@@ -52,6 +53,8 @@ class FeedChanges:
     present_users: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     groups: GroupGraph | None = None  # the stored nesting with the changes applied
     changed_groups: set[str] = field(default_factory=set)  # changed and deleted group guids
+    #: the server reported nothing since the cookies: the run has nothing to write
+    nothing: bool = False
 
 
 class FeedSteps:
@@ -82,16 +85,30 @@ class FeedSteps:
         }
 
     def _feed_scope(self, scope: str, config: MappingConfig) -> tuple[str, str]:
-        if scope == "users":
-            return self.config.USER_SEARCH or "", self.config.USER_FILTER
-        members = membership_scope(config)
-        return members.base, members.filterstr
+        return feed_scope(scope, self.config, config)
 
     def _read_feed(self, config: MappingConfig, cookies: dict) -> FeedChanges:
         base, filterstr = self._feed_scope("users", config)
         users = read_changes(
             self.session, base, filterstr, user_attribute_list(config), cookies["users"]
         )
+        groups = None
+        if self.config.GROUP:
+            base, filterstr = self._feed_scope("groups", config)
+            attributes = group_attribute_list(config)
+            groups = read_changes(self.session, base, filterstr, attributes, cookies["groups"])
+        reread = [g for g in cookies.get("reread", ()) if isinstance(g, str)]
+        new_cookies = {
+            "users": users.cookie,
+            "groups": groups.cookie if groups is not None else cookies["groups"],
+            "reread": [],
+        }
+        if new_cookies["users"] is None or new_cookies["groups"] is None:
+            raise CookieRefused(f"{self.session.uri}: the server sent no cookie")
+        self.feed_cookies = new_cookies
+        if users.empty and (groups is None or groups.empty) and not reread:
+            # Nothing to look at: neither the links nor the stored nesting are read.
+            return FeedChanges(nothing=True)
         links = list(
             DirectoryUser.objects.values_list("guid", "dn", "removed_at", "removal_reason")
         )
@@ -102,19 +119,11 @@ class FeedSteps:
             deleted_users=deleted,
             present_users=_present_users(links, deleted),
         )
-        new_cookies = {"users": users.cookie, "groups": cookies["groups"], "reread": []}
-        if self.config.GROUP:
-            base, filterstr = self._feed_scope("groups", config)
-            attributes = group_attribute_list(config)
-            groups = read_changes(self.session, base, filterstr, attributes, cookies["groups"])
+        if groups is not None:
             moved = _moved_user_keys(changes, stored_dns, config)
-            reread = [g for g in cookies.get("reread", ()) if isinstance(g, str)]
             graph, changed, holders = self._updated_graph(config, groups, moved, reread)
             changes.groups, changes.changed_groups = graph, changed
-            new_cookies.update(groups=groups.cookie, reread=holders)
-        if new_cookies["users"] is None or new_cookies["groups"] is None:
-            raise CookieRefused(f"{self.session.uri}: the server sent no cookie")
-        self.feed_cookies = new_cookies
+            new_cookies["reread"] = holders
         self.report.counts["feed_users_changed"] = len(changes.users)
         self.report.counts["feed_users_deleted"] = len(changes.deleted_users)
         self.report.counts["groups_changed"] = len(changes.changed_groups)
@@ -191,6 +200,15 @@ class FeedSteps:
             return lambda _guid, dn: is_under(dn, groups.base)
         found = group_scope_guids(self.session, config)
         return lambda guid, _dn: guid in found
+
+
+def feed_scope(scope: str, settings: SyncConfig, config: MappingConfig) -> tuple[str, str]:
+    """(base, filter) of a feed scope: "users" (the user scope) or "groups" (the membership
+    scope, every group whose nesting counts)."""
+    if scope == "users":
+        return settings.USER_SEARCH or "", settings.USER_FILTER
+    members = membership_scope(config)
+    return members.base, members.filterstr
 
 
 def _present_users(links: list[tuple], deleted: frozenset[str]) -> dict[str, tuple[str, None]]:

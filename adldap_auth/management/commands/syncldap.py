@@ -1,4 +1,9 @@
-"""``manage.py syncldap [full|incremental]``: parse arguments, run the sync, print the summary.
+"""``manage.py syncldap [full|incremental|watch]``: parse arguments, run the sync, print the
+summary.
+
+``watch`` follows the directory until SIGTERM or SIGINT (:mod:`adldap_auth.watch`), printing
+one line per batch that changed something; it exits 0 when stopped, 1 when the lock was lost or
+the settings have errors, 3 when another run holds the lock.
 
 Exit status: 0 the run succeeded (or completed with per-entry problems: status "partial");
 1 the run failed (recorded as failed); 2 wrong arguments; 3 another run holds the lock
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 from collections.abc import Iterator
 
 from django.core.management.base import BaseCommand, CommandError
@@ -21,6 +27,7 @@ from adldap_auth.conf import ConfigError, get_config
 from adldap_auth.history import sync_status
 from adldap_auth.locking import LockHeld
 from adldap_auth.sync import SyncOptions, SyncResult, run_sync
+from adldap_auth.watch import WatchOptions, WatchSummary, changed_anything, watch
 
 #: Exit status when another run holds the lock.
 EXIT_LOCKED = 3
@@ -90,8 +97,21 @@ class Command(BaseCommand):
         parser.add_argument(
             "mode",
             nargs="?",
-            choices=["full", "incremental"],
-            help="full: read everything; incremental: only what changed. Default: by settings.",
+            choices=["full", "incremental", "watch"],
+            help="full: read everything; incremental: only what changed; watch: follow the "
+            "directory until SIGTERM, applying changes within seconds. Default: by settings.",
+        )
+        parser.add_argument(
+            "--interval",
+            type=float,
+            metavar="SECONDS",
+            help="watch: seconds between two looks at most (default LDAP_SYNC_WATCH_INTERVAL).",
+        )
+        parser.add_argument(
+            "--duration",
+            type=float,
+            metavar="SECONDS",
+            help="watch: stop after this many seconds (default: until SIGTERM or SIGINT).",
         )
         parser.add_argument(
             "--dry-run", action="store_true", help="Print the planned changes; write nothing."
@@ -121,6 +141,11 @@ class Command(BaseCommand):
                 raise CommandError("--status takes no mode, --dry-run or --force-removals")
             self._print_status(options["last"], options["json"])
             return
+        if options["mode"] == "watch":
+            self._watch(options)
+            return
+        if options["interval"] is not None or options["duration"] is not None:
+            raise CommandError("--interval and --duration are options of 'watch'")
         try:
             progress_setting = get_config().USER_SHOW_PROGRESS
         except ConfigError:  # the run records and reports it
@@ -152,6 +177,61 @@ class Command(BaseCommand):
         if not result.ok:
             raise CommandError(f"sync failed: {result.error}", returncode=1)
 
+    def _watch(self, options: dict) -> None:
+        if options["dry_run"] or options["force_removals"]:
+            raise CommandError("watch takes no --dry-run or --force-removals")
+        for name in ("interval", "duration"):
+            if options[name] is not None and options[name] <= 0:
+                raise CommandError(f"--{name} must be a number of seconds > 0")
+        verbosity = options["verbosity"]
+        watch_options = WatchOptions(
+            interval=options["interval"],
+            duration=options["duration"],
+            on_batch=lambda result: self._print_batch(result, verbosity),
+        )
+        stop = watch_options.stop
+
+        def stop_between_batches(_signum: int, _frame: object) -> None:
+            if stop.is_set():  # asked twice: stop now, the batch is recorded as interrupted
+                raise KeyboardInterrupt
+            stop.set()
+
+        previous = {
+            signum: signal.signal(signum, stop_between_batches)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            with quiet_console(verbosity == 0):
+                summary = watch(watch_options)
+        except LockHeld as held:
+            raise CommandError(f"{held}; nothing was done", returncode=EXIT_LOCKED) from None
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        self._print_watch_summary(summary, options["json"], verbosity)
+        if not summary.ok:
+            error = summary.last.error if summary.last else summary.stopped_by
+            raise CommandError(f"watch stopped: {error}", returncode=1)
+
+    def _print_batch(self, result: SyncResult, verbosity: int) -> None:
+        if verbosity == 0 or not (changed_anything(result) or verbosity >= 2):
+            return
+        counts = ", ".join(
+            f"{k}={v}" for k, v in sorted(result.counts.items()) if v and not k.startswith("feed_")
+        )
+        line = f"{result.mode} batch #{result.run_id}: {result.status}"
+        line += f" ({result.error})" if result.error else f", {counts or 'nothing changed'}"
+        self.stdout.write(f"{line}, {result.seconds:.2f} s")
+
+    def _print_watch_summary(self, summary: WatchSummary, as_json: bool, verbosity: int) -> None:
+        if as_json:
+            self.stdout.write(json.dumps(summary.as_dict(), indent=2))
+        elif verbosity >= 1:
+            self.stdout.write(
+                f"watch stopped ({summary.stopped_by}): {summary.batches} batches, "
+                f"{summary.changed} with changes, {summary.failed} failed, {summary.full} full"
+            )
+
     def _progress(self, phase: str, count: int) -> None:
         self.stderr.write(f"\r{phase}: {count:,} read", ending="")
         self.stderr.flush()
@@ -168,9 +248,7 @@ class Command(BaseCommand):
         ]
         self.stdout.write(f"{'':<12}{'seen':>9}{'created':>9}{'updated':>9}{'removed':>9}")
         for label, *keys in rows:
-            cells = "".join(
-                f"{result.counts.get(key, 0) if key else '':>9}" for key in keys
-            )
+            cells = "".join(f"{result.counts.get(key, 0) if key else '':>9}" for key in keys)
             self.stdout.write(f"{label:<12}{cells}")
         extra = {
             k: v
