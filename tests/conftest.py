@@ -39,6 +39,8 @@ DATABASE_SENSITIVE = {
     "tests/slapd/test_signals.py": "signals sent on commit",
     "tests/slapd/test_site_settings.py": "USE_TZ = False and ATOMIC_REQUESTS",
     "tests/slapd/test_sync_feed.py": "incremental runs from the change feed, their markers",
+    "tests/slapd/test_watch.py": "watch batches, folded run records, sessions ended",
+    "tests/system/test_watch_process.py": "a killed watch: its lock and what its batches left",
     "tests/slapd/test_sync_incremental.py": "incremental runs' updates and markers",
     "tests/slapd/test_sync_photos.py": "photo rows and files kept in step",
     "tests/slapd/test_usernames_mail.py": "usernames and mail under the collation",

@@ -109,7 +109,7 @@ DEFAULTS: dict[str, Any] = {
     "WRITE_BATCH_SIZE": 1000,
     # syncldap watch (new): seconds between two looks at the directory when no change feed
     # rings sooner, and between two full runs of a long-running watch.
-    "WATCH_INTERVAL": 5.0,
+    "WATCH_INTERVAL": 3.0,
     "WATCH_FULL_INTERVAL": 24 * 3600,
     # Login backend (new): how adldap_auth.backends.ADLDAPBackend finds a user's groups. Both
     # values read the user's direct groups live and walk up the batch's group graph.

@@ -204,3 +204,24 @@ def test_a_forgotten_cookie_makes_the_watchs_batch_full_and_says_why(make_slapd)
     assert summary.failed == 0 and first.mode == "full"
     assert "refused the change-feed cookie" in first.mode_reason
     assert SyncRun.objects.order_by("pk").last().mode == "incremental"
+
+
+def test_the_celery_task_watches_for_its_window_or_skips_when_the_lock_is_taken(make_slapd):
+    from adldap_auth.locking import RunLock
+    from adldap_auth.tasks import syncldap_watch
+
+    server = make_slapd(spec=synthetic(users=30, groups=4, seed=7), overlays=FEED_OVERLAYS)
+    with override_settings(**feed_settings(server, LDAP_SYNC_WATCH_INTERVAL=0.2)):
+        started = time.monotonic()
+        summary = syncldap_watch.apply(kwargs={"duration": 1.5}).get()
+        took = time.monotonic() - started
+        lock = RunLock()
+        lock.acquire()
+        try:
+            skipped = syncldap_watch.apply(kwargs={"duration": 1.5}).get()
+        finally:
+            lock.release()
+    assert summary["stopped_by"] == "duration" and summary["failed"] == 0, summary
+    assert summary["batches"] >= 3 and summary["full"] == 1, summary
+    assert 1.5 <= took < 10
+    assert skipped["status"] == "skipped"
