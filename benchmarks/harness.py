@@ -8,13 +8,14 @@ For each size (N users, M groups) the harness
    timestamps one minute apart, the newest a day old, as in a directory in use, instead of
    the one second of the load, which would make the first incremental run re-read everything);
 2. runs each scenario in its own process (:mod:`benchmarks.scenarios`), against its own
-   SQLite file, and measures: wall seconds of the scenario's work (inside the process, Django
-   setup excluded), peak RSS (that process's ``VmHWM``: not ``wait4``'s ``ru_maxrss``, which
+   database (a SQLite file; with ``--databases``, also a throwaway PostgreSQL or MariaDB
+   one: :mod:`benchmarks.databases`), and measures: wall seconds of the scenario's work
+   (inside the process, Django setup excluded), peak RSS (that process's ``VmHWM``: not ``wait4``'s ``ru_maxrss``, which
    counts the pages a forked child shares with this big process), LDAP searches (the
    slapd access log, cross-checked with a spy on python-ldap's ``search_ext``), SQL statements
    (``connection.execute_wrapper``; writes are INSERT/UPDATE/DELETE outside the run
    bookkeeping tables), and correctness: Django's active users, groups and *effective*
-   memberships read back from the SQLite file and compared with the closure the lab spec
+   memberships read back from the database and compared with the closure the lab spec
    computes (``DirectorySpec.expected_groups``, which shares no code with the sync);
 3. prints one Markdown table, and checks the targets of issue #8 on ratios within the run.
 
@@ -23,8 +24,9 @@ of the users and 1% of the memberships changed, and logins through ``ADLDAPBacke
 alternatives (django-auth-ldap's ``populate_user()`` loop with ``NestedGroupOfNamesType`` and
 mirrored groups, django-python3-ldap's ``ldap_sync_users``, and django-auth-ldap logins) in a
 virtualenv of their own under ``benchmarks/out/``; the floor: paged ``ldapsearch`` of the same
-entries to /dev/null, and a bare ``bulk_create`` of the same users, groups and effective
-memberships.
+entries to /dev/null, a bare ``bulk_create`` of the same users, groups and effective
+memberships, and the driver's load of every row a cold run writes (:mod:`benchmarks.floors`);
+the change feed's rows (:mod:`benchmarks.size_run` has the order of a size).
 """
 
 from __future__ import annotations
