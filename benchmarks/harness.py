@@ -470,9 +470,10 @@ def check_targets(rows: list[Row]) -> list[Target]:
     by_group: dict[tuple[str, str], dict[str, Row]] = {}
     shared: dict[str, dict[str, Row]] = {}
     for row in rows:
-        if row.key:
-            place = by_group.setdefault((row.size, row.database), {}) if row.database else None
-            (place if place is not None else shared.setdefault(row.size, {}))[row.key] = row
+        if row.key == "floor_read" and not row.database:
+            shared.setdefault(row.size, {})[row.key] = row
+        elif row.key:
+            by_group.setdefault((row.size, row.database), {})[row.key] = row
     for (size_label, database), own in by_group.items():
         found = {**shared.get(size_label, {}), **own}
         size = f"{size_label}, {database}" if database else size_label
