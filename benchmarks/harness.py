@@ -174,11 +174,19 @@ class Expected:
     group_links: list[tuple[str, str, str, list[str], list[str]]] = field(default_factory=list)
 
     @classmethod
-    def of(cls, spec: Any) -> Expected:
+    def of(cls, spec: Any, links: bool = False) -> Expected:
+        """``links``: also what the raw write floor loads (identity links, stored nesting)."""
         from tests.lab import ldif
 
         closure = spec.expected_groups()
         enabled = [u for u in spec.users if not u.disabled]
+        expected = cls(
+            user_rows=[(u.key, u.given_name, u.sn, u.mail) for u in enabled],
+            groups=[g.name for g in spec.groups],
+            memberships={u.key: sorted(closure[u.key]) for u in enabled if closure[u.key]},
+        )
+        if not links:
+            return expected
         dns = ldif.DnMap(spec)
         guid = {g.name: ldif.entry_uuid("group", g.name).decode() for g in spec.groups}
         parents: dict[str, list[str]] = {}
@@ -188,31 +196,17 @@ class Expected:
                     parents.setdefault(member[len(ldif.GROUP_PREFIX) :], []).append(
                         guid[group.name]
                     )
-        return cls(
-            user_rows=[(u.key, u.given_name, u.sn, u.mail) for u in enabled],
-            groups=[g.name for g in spec.groups],
-            memberships={u.key: sorted(closure[u.key]) for u in enabled if closure[u.key]},
-            user_links=[
-                (
-                    u.key,
-                    ldif.entry_uuid("user", u.key).decode(),
-                    dns.users[u.key],
-                    u.department,
-                    u.title,
-                )
-                for u in enabled
-            ],  # fmt: skip
-            group_links=[
-                (
-                    g.name,
-                    guid[g.name],
-                    dns.groups[g.name],
-                    sorted(dns.member(m).lower() for m in g.members),
-                    sorted(parents.get(g.name, [])),
-                )
-                for g in spec.groups
-            ],  # fmt: skip
-        )
+        expected.user_links = [
+            (u.key, ldif.entry_uuid("user", u.key).decode(), dns.users[u.key], u.department,
+             u.title)
+            for u in enabled
+        ]  # fmt: skip
+        expected.group_links = [
+            (g.name, guid[g.name], dns.groups[g.name],
+             sorted(dns.member(m).lower() for m in g.members), sorted(parents.get(g.name, [])))
+            for g in spec.groups
+        ]  # fmt: skip
+        return expected
 
     @property
     def membership_count(self) -> int:

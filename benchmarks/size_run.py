@@ -91,7 +91,7 @@ class SizeRun:
             self.spec, fraction_users=CHANGE_FRACTION, fraction_memberships=CHANGE_FRACTION,
             seed=SEED + 1,
         )  # fmt: skip
-        self.before, self.after = Expected.of(self.spec), Expected.of(self.changed)
+        self.before, self.after = Expected.of(self.spec, links=True), Expected.of(self.changed)
         self.before_path = self.workdir / "expected-before.pickle"
         self.before.dump(self.before_path)
         self.say(
