@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks                                  # 1k/100, 10k/1k, 100k/10k
     .venv/bin/python -m benchmarks --sizes 1k --skip-alternatives --out /tmp/r.md
     .venv/bin/python -m benchmarks --sizes 2k --samba               # plus the Samba AD run
+    .venv/bin/python -m benchmarks --sizes 10k --databases sqlite,postgres,mariadb --out -
 
 Sizes are ``<users>`` (groups = users / 10) or ``<users>/<groups>``; ``k`` means thousands.
 The table goes to stdout and to ``--out`` (default ``benchmarks/RESULTS.md``) with the machine
@@ -18,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import harness
+from benchmarks import databases, harness
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=harness.SLOW_ALTERNATIVES_ABOVE,
         help="skip the alternatives above this many users (default %(default)s)",
+    )
+    parser.add_argument(
+        "--databases",
+        default="sqlite",
+        help="our scenarios and the write floors on each: sqlite,postgres,mariadb "
+        "(PostgreSQL at 127.0.0.1:5432 as postgres, MariaDB at 127.0.0.1:3306 as root; a "
+        "throwaway database per row group; default %(default)s)",
     )
     parser.add_argument("--logins", type=int, default=100, help="logins per size (default 100)")
     parser.add_argument(
@@ -73,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         profile=args.profile,
         keep=args.keep,
         out=args.workdir,
+        databases=databases.parse_databases(args.databases),
     )
     started = time.monotonic()
     alt_python, alt_note = None, ""
@@ -89,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(samba.run_samba(options, alt_python, alt_note))
     targets = harness.check_targets(rows)
     elapsed = time.monotonic() - started
-    report = render(rows, targets, alt_python and alt_note, elapsed, argv or sys.argv[1:])
+    report = render(
+        rows, targets, alt_python and alt_note, elapsed, argv or sys.argv[1:], options.databases
+    )
     print(report)
     if str(args.out) != "-":
         args.out.write_text(report)
@@ -97,14 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(rows, targets, alternatives: str | None, elapsed: float, argv: list[str]) -> str:
+def render(
+    rows, targets, alternatives: str | None, elapsed: float, argv: list[str], vendors: list[str]
+) -> str:
+    servers = databases.server_versions(vendors)
     lines = [
         "# Benchmark results",
         "",
         f"`python -m benchmarks {' '.join(argv)}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{elapsed / 60:.0f} min in all.",
         "",
-        f"Machine: {harness.machine_description()}.",
+        f"Machine: {harness.machine_description()}{'; ' + servers if servers else ''}.",
     ]
     if alternatives:
         lines.append(f"Alternatives (own virtualenv): {alternatives}.")
@@ -112,32 +126,51 @@ def render(rows, targets, alternatives: str | None, elapsed: float, argv: list[s
         "",
         "**Directory**: the test lab's generator (`synthetic`: nesting depth 4, ~5 direct "
         "groups per user, ~20% with a photo, 1% disabled), loaded with `slapadd -q` into a "
-        "throwaway slapd (memberof overlay, equality indexes; modify timestamps one minute apart, "
-        "the newest a day old, as in a directory in use); page size 200; a SQLite file "
-        "database per row group; photos written to disk. The `AD` rows: the same generator "
-        "plus one group of every user (ranged `member` values), in the lab's Samba AD DC.",
+        "throwaway slapd (memberof overlay; syncprov overlay for the change feed, with a "
+        "checkpoint, a session log of max(1000, N) writes and an entryCSN index; equality "
+        "indexes; modify timestamps one minute apart, the newest a day old, as in a directory "
+        "in use); page size 200; a database of its own per row group (a SQLite file; with "
+        "`--databases`, also a throwaway PostgreSQL or MariaDB database on the local server, "
+        "its settings as installed); photos written to disk. The `AD` rows: the same "
+        "generator plus one group of every user (ranged `member` values), in the lab's Samba "
+        "AD DC.",
         "",
-        "**Columns**: each row is one process. *wall s*: the scenario's work, Django setup "
-        "excluded. *peak RSS*: that process's VmHWM (ldapsearch's own for the ldapsearch "
-        "floor). *LDAP searches*: SEARCH operations in the slapd access log (one per page), "
-        "with python-ldap's count (a spy on `search_ext`) when it differs; on AD, the spy's. "
+        "**Columns**: each row is one process. *db*: the database the row wrote (blank: "
+        "none). *wall s*: the scenario's work, Django setup excluded. *peak RSS*: that "
+        "process's VmHWM (ldapsearch's own for the ldapsearch floor). *LDAP searches*: SEARCH "
+        "operations in the slapd access log (one per page, or per change-feed request), with "
+        "python-ldap's count (a spy on `search_ext`) when it differs; on AD, the spy's. "
         "*SQL*: statements sent through Django (an `executemany` counts once; BEGIN, COMMIT "
         "and SAVEPOINT count), *w*: INSERT/UPDATE/DELETE outside the run's own bookkeeping "
-        "rows (run record, marker, lock). *correctness*: Django's active users, groups and "
-        "effective (recursive) memberships read back from the database and compared with the "
+        "rows (run record, marker, lock); for the driver floor, the statements it sent "
+        "itself (a COPY, a multi-row INSERT or an `executemany` counts once; *w* without "
+        "BEGIN and COMMIT). *correctness*: Django's active users, groups and effective "
+        "(recursive) memberships read back from the database and compared with the "
         "generator's own closure (`DirectorySpec.expected_groups`, no code shared with the "
         "sync); `ok`, or missing -/extra +.",
         "",
-        "**Rows**: *cold* = `syncldap full` on an empty database; *unchanged* = the same again; "
-        "*incremental* = after 1% of the users (title, department and OU move, surname, mail, "
-        "disabled flag, photo) and 1% of the direct memberships changed online; *logins* = "
-        "`authenticate()` with passwords through the backend, in one process (the first one of "
-        "the process reads what it caches). The floor: OpenLDAP's `ldapsearch -E pr=200` of "
-        "the same entries and attributes to /dev/null, and Django's plain `bulk_create` of "
-        "the same users, groups and effective memberships in one transaction (its peak RSS "
-        "includes the input data). The alternatives run in their own virtualenv, configured "
-        "as their documentation says; django-auth-ldap's `populate_user()` loop lists the "
-        "enabled users with one paged search first.",
+        "**Rows**, per database: *cold* = `syncldap full` on an empty database (its note ends "
+        "with its time over the raw floor: ldapsearch plus the driver load); *unchanged* = the "
+        "same again; *incremental* = after 1% of the users (title, department and OU move, "
+        "surname, mail, disabled flag, photo) and 1% of the direct memberships changed online "
+        "(modifyTimestamp tracking); *logins* = `authenticate()` with passwords through the "
+        "backend, in one process (the first one of the process reads what it caches). "
+        '*Change feed* (`LDAP_SYNC_CHANGE_TRACKING = "contentsync"`, RFC 4533), on a '
+        "database of its own: a cold full run, which also takes the feed's cookies; after the "
+        "same 1% change (and one write on the base entry: slapd 2.5 can leave its contextCSN "
+        "behind the last writes of a burst until the next write), an incremental run from "
+        "the feed; then the feed again with nothing changed. The floor: OpenLDAP's "
+        "`ldapsearch -E pr=200` of the same entries and attributes to /dev/null (once per "
+        "size); Django's plain `bulk_create` of the same users, groups and effective "
+        "memberships in one transaction; and the driver floor, the real limit of each "
+        "database: every row the cold run writes (users, groups, effective memberships, "
+        "identity links, the stored nesting, the profiles; not the photo files) through the "
+        "driver in one transaction, PostgreSQL `COPY` (psycopg 3), MariaDB multi-row "
+        "`INSERT`, SQLite `executemany`, into the tables Django made (indexes and constraints "
+        "kept). The floors' peak RSS includes their input data. The alternatives (SQLite "
+        "only) run in their own virtualenv, configured as their documentation says; "
+        "django-auth-ldap's `populate_user()` loop lists the enabled users with one paged "
+        "search first.",
         "",
         harness.markdown_table(rows),
         "",

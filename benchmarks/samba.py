@@ -222,7 +222,8 @@ def _measure(
                            f"{label} {title}")  # fmt: skip
         data = child.data
         row = harness.Row(
-            size=label, scenario=title, seconds=data["seconds"], rss_mb=child.rss_mb,
+            size=label, scenario=title, database="sqlite", seconds=data["seconds"],
+            rss_mb=child.rss_mb,
             searches=data["spy_searches"], sql=data["sql"], sql_writes=data["sql_writes"],
             correctness=harness.check_database(db, expected) if expected else "",
             notes=notes(data), key=key,
@@ -298,6 +299,7 @@ def _measure(
         rows.append(
             harness.Row(
                 size=label,
+                database="sqlite",
                 scenario=f"django-auth-ldap: {len(login_users)} logins through LDAPBackend",
                 seconds=child.data["seconds"], rss_mb=child.rss_mb,
                 searches=child.data["spy_searches"], sql=child.data["sql"],

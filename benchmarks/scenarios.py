@@ -112,6 +112,7 @@ def adldap_sync(config, counters, timed) -> dict:
     return {
         "status": result.status,
         "mode": result.mode,
+        "mode_reason": result.mode_reason,
         "run_searches": result.ldap_searches,
         "counts": counts,
         "problems": result.problems[:5],
@@ -271,6 +272,21 @@ def floor_bulk_create(config, counters, timed) -> dict:
     return {}
 
 
+def floor_raw(config, counters, timed) -> dict:
+    """The rows a cold run writes, through the database driver: :mod:`benchmarks.floors`."""
+    from django.db import connection
+
+    from benchmarks import floors
+
+    with open(config["expected_path"], "rb") as handle:
+        expected = pickle.load(handle)
+    connection.ensure_connection()
+    vendor = {"postgresql": "postgres", "mysql": "mariadb"}.get(connection.vendor, "sqlite")
+    with timed():
+        loaded = floors.load(vendor, connection.connection, expected, config["ldap"]["uri"])
+    return {"raw_statements": loaded["statements"], "raw_rows": loaded["rows"]}
+
+
 SCENARIOS = {
     "migrate": migrate,
     "adldap_sync": adldap_sync,
@@ -279,6 +295,7 @@ SCENARIOS = {
     "p3_sync_users": p3_sync_users,
     "floor_ldapsearch": floor_ldapsearch,
     "floor_bulk_create": floor_bulk_create,
+    "floor_raw": floor_raw,
 }
 
 

@@ -7,7 +7,10 @@ The harness writes a JSON file per scenario and names it in ``BENCH_CONFIG``:
     ``python3_ldap`` (the alternatives, run by the alternatives' virtualenv) or ``floor``
     (``django.contrib.auth`` only).
 ``db``, ``media``
-    The SQLite file and the photo directory of the scenario's database.
+    The SQLite file (or the database name) and the photo directory of the scenario's database.
+``django_db``
+    The ``DATABASES["default"]`` entry (:mod:`benchmarks.databases`); without it, ``db`` is a
+    SQLite file.
 ``settings``
     Extra settings (``LDAP_SYNC_*``, ``LDAP_AUTH_*``...), JSON values. django-auth-ldap's
     search objects cannot be JSON: :mod:`benchmarks.scenarios` builds them from ``ldap``.
@@ -35,8 +38,11 @@ if KIND == "adldap":
 elif KIND == "python3_ldap":
     INSTALLED_APPS += ["django_python3_ldap"]
 
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": _config["db"]}}
-MEDIA_ROOT = _config.get("media") or os.path.join(os.path.dirname(_config["db"]), "media")
+DATABASES = {
+    "default": _config.get("django_db")
+    or {"ENGINE": "django.db.backends.sqlite3", "NAME": _config["db"]}
+}
+MEDIA_ROOT = _config.get("media") or os.path.join(os.path.dirname(_config["result"]), "media")
 MEDIA_URL = "/media/"
 
 # Every row logs in with passwords the lab sets; the sync itself never hashes one.
