@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from django.core.cache import cache
@@ -98,6 +98,19 @@ def group_scope_guids(session: DirectorySession, config: MappingConfig) -> set[s
     }
 
 
+def group_scope_rule(
+    session: DirectorySession, config: MappingConfig
+) -> Callable[[str, str], bool]:
+    """Whether a group of the membership scope (guid, DN) is in the group scope: by its DN
+    when both scopes use one filter (the usual case: no extra search), else by one id-only
+    read of the group scope."""
+    groups, members = group_scope(), membership_scope(config)
+    if groups.filterstr.strip() == members.filterstr.strip():
+        return lambda _guid, dn: is_under(dn, groups.base)
+    found = group_scope_guids(session, config)
+    return lambda guid, _dn: guid in found
+
+
 def read_groups(
     session: DirectorySession,
     config: MappingConfig,
@@ -107,10 +120,7 @@ def read_groups(
     ``in_scope`` set. Raises :class:`~adldap_auth.directory.DirectoryError` on any
     incomplete read, like every reader."""
     groups, members = group_scope(), membership_scope(config)
-    same = normalize_dn(groups.base) == normalize_dn(members.base) and (
-        groups.filterstr.strip() == members.filterstr.strip()
-    )
-    in_scope = None if same else group_scope_guids(session, config)
+    in_scope = group_scope_rule(session, config)
     attributes = [*group_attribute_list(config), *extra_attributes]
     ranged = [config.member_attribute]
     seen: set[str] = set()
@@ -129,7 +139,7 @@ def read_groups(
             except SkipEntry as skip:
                 yield GroupRead(entry, guid, None, skip)
                 continue
-            record.in_scope = in_scope is None or record.guid in in_scope
+            record.in_scope = scope is groups or in_scope(record.guid, entry.dn)
             yield GroupRead(entry, guid, record)
 
 

@@ -19,7 +19,6 @@ read again by the next incremental run, never lost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..conf import SyncConfig
@@ -30,7 +29,7 @@ from ..groups import GroupGraph
 from ..mapping import MappingConfig, SkipEntry, entry_guid, map_group
 from ..mapping.attribute_lists import group_attribute_list, user_attribute_list
 from ..mapping.values import normalize_dn
-from ..membership import group_scope, group_scope_guids, is_under, membership_scope
+from ..membership import group_scope_rule, membership_scope
 from ..models import DirectoryUser
 from ..nesting import stored_group_records
 from ..resync import identity_filter
@@ -152,7 +151,7 @@ class FeedSteps:
                 moved[normalize_dn(old.dn)] = normalize_dn(entry.dn)
         moved.update((normalize_dn(records[guid].dn), None) for guid in deleted)
         changed: set[str] = set(deleted)
-        in_scope = self._in_group_scope(config)
+        in_scope = group_scope_rule(self.session, config)
         for entry in entries.values():
             guid = entry_guid(entry, config.identity_attribute)
             if guid is None:
@@ -191,15 +190,6 @@ class FeedSteps:
                 if guid := entry_guid(entry, identity):
                     found[guid] = entry
         return found
-
-    def _in_group_scope(self, config: MappingConfig) -> Callable[[str, str], bool]:
-        """Whether a group of the membership scope (guid, DN) is in the group scope: by its DN
-        when both scopes use one filter (the usual case), else by one id-only read."""
-        groups, members = group_scope(), membership_scope(config)
-        if groups.filterstr.strip() == members.filterstr.strip():
-            return lambda _guid, dn: is_under(dn, groups.base)
-        found = group_scope_guids(self.session, config)
-        return lambda guid, _dn: guid in found
 
 
 def feed_scope(scope: str, settings: SyncConfig, config: MappingConfig) -> tuple[str, str]:
