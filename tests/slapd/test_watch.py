@@ -225,3 +225,35 @@ def test_the_celery_task_watches_for_its_window_or_skips_when_the_lock_is_taken(
     assert summary["batches"] >= 3 and summary["full"] == 1, summary
     assert 1.5 <= took < 10
     assert skipped["status"] == "skipped"
+
+
+def test_a_connection_dropped_while_waiting_rings_and_the_watch_carries_on(make_slapd):
+    """The server goes away while the watch waits on its persistent search: the search ends,
+    the batch that follows fails, the next one (server back) resumes from the cookie."""
+    server = make_slapd(spec=synthetic(users=40, groups=4, seed=8), overlays=FEED_OVERLAYS)
+    with override_settings(**feed_settings(server, LDAP_SYNC_NETWORK_TIMEOUT=1)):
+        options = WatchOptions(interval=SLOW_CLOCK, duration=60)
+        results: list[SyncResult] = []
+        stopper: list[threading.Thread] = []
+        new_spec, _ = mutate(server.spec, fraction_users=0.1, fraction_memberships=0.1, seed=2)
+
+        def on_batch(result: SyncResult) -> None:
+            results.append(result)
+            if len(results) == 1:  # stop slapd while the watch waits (from another thread)
+                stopper.append(threading.Thread(target=lambda: (time.sleep(1), server.stop())))
+                stopper[0].start()
+            elif not result.ok and not server.running:
+                server.start()  # here: slapd dies with the thread that started it
+                apply(server, new_spec)
+            elif result.ok:
+                options.stop.set()
+
+        options.on_batch = on_batch
+        started = time.monotonic()
+        summary = watch(options)
+    assert time.monotonic() - started < SLOW_CLOCK  # the dropped search rang; no clock wait
+    kinds = [r.error_kind for r in results]
+    assert kinds[0] == "" and "DirectoryUnavailable" in kinds, kinds
+    assert summary.stopped_by == "stop" and results[-1].mode == "incremental"
+    with override_settings(**feed_settings(server)):
+        assert_matches_spec(server)
