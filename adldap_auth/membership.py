@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from django.core.cache import cache
+from ldap import SCOPE_BASE
 from ldap.filter import escape_filter_chars
 
 from .conf import get_config
@@ -106,6 +107,12 @@ def group_scope_rule(
     read of the group scope."""
     groups, members = group_scope(), membership_scope(config)
     if groups.filterstr.strip() == members.filterstr.strip():
+        if normalize_dn(groups.base) != normalize_dn(members.base):
+            # The group base is not searched itself: one base-scope read fails the run, as
+            # the id read did, when it is missing (a typo) or a referral, instead of finding
+            # no group in scope.
+            for _entry in session.search(groups.base, "(objectClass=*)", ["1.1"], scope=SCOPE_BASE):
+                pass
         return lambda _guid, dn: is_under(dn, groups.base)
     found = group_scope_guids(session, config)
     return lambda guid, _dn: guid in found

@@ -490,6 +490,23 @@ def test_a_referral_instead_of_the_search_base_fails_the_run_and_removes_nobody(
     assert state()["u05"]["is_active"]
 
 
+@pytest.mark.parametrize("setting", ["LDAP_SYNC_GROUP_SEARCH", "LDAP_SYNC_USER_SEARCH"])
+def test_a_search_base_that_does_not_exist_fails_the_run_and_removes_nobody(make_slapd, setting):
+    """A typo in a search base is not an empty scope: the run fails before any removal (the
+    group base is checked even where only the membership scope is searched)."""
+    spec = company(6)
+    server = make_slapd(spec=spec)
+    with override_settings(**fault_settings(server)):
+        assert run_sync(SyncOptions(mode="full")).ok
+        before = state()
+    typo = f"ou=Gropus,{ldif.BASE_DN}"
+    with override_settings(**fault_settings(server, **{setting: typo})):
+        failed = run_sync(SyncOptions(mode="full"))
+    assert failed.status == "failed" and failed.error_kind == "IncompleteRead", failed.error
+    assert "does not exist" in failed.error
+    assert state() == before
+
+
 # -- the database fails during a batch ------------------------------------------------------------
 
 
