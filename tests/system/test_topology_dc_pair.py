@@ -377,3 +377,43 @@ def test_restored_dc_gets_a_full_run(dc_pair_clean, restore):
             )
             assert_ok(run("full"), dc1, "full")
         assert_state(pair, spec)
+
+
+def test_a_watch_fails_over_to_dc2_and_back_without_missing_a_change(dc_pair_clean):
+    """``syncldap watch`` on the pair: DC1 stops while the watch runs; the next batches go to
+    DC2 (full there: no marker of DC2), with DC2's changes; DC1 comes back and, once it has
+    replicated, the watch follows it again (full first), and nothing is missed."""
+    from adldap_auth.watch import WatchOptions, watch
+
+    pair = dc_pair_clean
+    specs = [pair.spec]
+    results: list = []
+    options = WatchOptions(interval=0.3, duration=240)
+
+    def on_batch(result) -> None:
+        results.append(result)
+        assert result.ok, result.error
+        step = len(results)
+        if step == 2:  # a quiet incremental batch on DC1 after the first, full one
+            pair.dc1.stop()
+            specs.append(set_title(pair.dc2, specs[-1], "carol", "Director"))
+        elif step == 3:  # the first batch on DC2
+            assert (result.server, result.mode) == (pair.dc2.uri, "full"), result.mode_reason
+            assert_state(pair, specs[-1])
+            specs.append(set_members(pair.dc2, specs[-1], "Engineering", remove=("bob",)))
+        elif step == 4:  # incremental on DC2, from DC2's own marker
+            assert (result.server, result.mode) == (pair.dc2.uri, "incremental")
+            assert_state(pair, specs[-1])
+            specs.append(set_title(pair.dc2, specs[-1], "erin", "Chief Admin"))
+            pair.dc1.start()
+            pair.dc1.replicate_from(pair.dc2)
+        elif step == 5:  # DC1 is first in the order again: full there, then incremental
+            assert (result.server, result.mode) == (pair.dc1.uri, "full"), result.mode_reason
+            assert_state(pair, specs[-1])
+            options.stop.set()
+
+    options.on_batch = on_batch
+    with override_settings(**pair_settings(pair)):
+        summary = watch(options)
+    assert summary.stopped_by == "stop" and summary.failed == 0, [r.error for r in results]
+    assert [r.mode for r in results] == ["full", "incremental", "full", "incremental", "full"]
