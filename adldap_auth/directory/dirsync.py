@@ -34,6 +34,14 @@ GET_CHANGES_RIGHT = "1131f6aa-9c07-11d1-f79f-00c04fc2dcd2"
 #: The reply size the request asks for (what .NET's DirSyncRequestControl asks; Samba ignores it).
 DEFAULT_MAX_BYTES = 1_048_576
 
+#: A filter that no object matches (an objectGUID is never all zeros), on an indexed attribute:
+#: a read without a cookie with it returns no entry, yet the cookie of the DC's current state
+#: (on Samba 4.17 byte for byte the cookie of a read of every object; see current_cookie).
+NO_OBJECT_FILTER = "(objectGUID=" + "\\00" * 16 + ")"
+#: The Show Deleted control, and the well-known GUID of a naming context's CN=Deleted Objects.
+SHOW_DELETED_OID = "1.2.840.113556.1.4.417"
+DELETED_OBJECTS_WKGUID = "18e2ea80684f11d2b9aa00c04f79f805"
+
 #: Linked-attribute options under LDAP_DIRSYNC_INCREMENTAL_VALUES: values added / removed.
 _ADDED_OPTION = "range=1-1"
 _REMOVED_OPTION = "range=0-0"
@@ -223,6 +231,40 @@ def read_changes(
         complete=not cookie,
         searches=searches,
     )
+
+
+def current_cookie(session: DirectorySession, base: str) -> DirSyncBatch:
+    """A cookie of the DC's state now, from a read that returns no entry (NO_OBJECT_FILTER):
+    a read without a cookie of the objects themselves would return every one of them."""
+    return read_changes(session, base, NO_OBJECT_FILTER, ["objectGUID"], None)
+
+
+def tombstones_visible(session: DirectorySession, base: str) -> bool:
+    """Whether the account may list the tombstones of the naming context ``base``: DirSync
+    reports deletions only to an account that may list ``CN=Deleted Objects`` (Samba 4.17,
+    even with both replication rights). One search of at most one entry; a naming context
+    without any tombstone reads as False."""
+    where = f"{session.uri}: listing the deleted objects of {base!r}"
+    session.search_count += 1
+    try:
+        msgid = session.connection.search_ext(
+            f"<WKGUID={DELETED_OBJECTS_WKGUID},{base}>",
+            ldap.SCOPE_ONELEVEL,
+            "(isDeleted=TRUE)",
+            ["1.1"],
+            serverctrls=[RequestControl(SHOW_DELETED_OID, True)],
+            sizelimit=1,
+        )
+        _type, data, _msgid, _controls = session.connection.result3(
+            msgid, all=1, timeout=session.config.operation_timeout
+        )
+    except ldap.SIZELIMIT_EXCEEDED:
+        return True
+    except (ldap.NO_SUCH_OBJECT, ldap.INSUFFICIENT_ACCESS):
+        return False
+    except ldap.LDAPError as error:
+        raise DirectoryError(f"{where} failed: {error_text(error)}") from scrubbed(error)
+    return any(dn for dn, _attrs in data)
 
 
 def _server_facts(session: DirectorySession) -> tuple[list[str], set[str], str | None]:
