@@ -9,6 +9,9 @@ Two ways to ask a server "what changed since last time":
   ``LDAP_SYNC_*_FILTER_INCREMENTAL`` filters, minus ``LDAP_SYNC_INCREMENTAL_TIME_OFFSET``
   minutes. The marker is the newest timestamp the server itself wrote on an entry in scope,
   so the Django host's clock never matters.
+
+A server's own change feed (``contentsync``: RFC 4533 on OpenLDAP; ``dirsync``: AD's DirSync)
+keeps cookies instead, read and written by :mod:`adldap_auth.sync.feed`.
 """
 
 from __future__ import annotations
