@@ -118,6 +118,7 @@ class FeedSteps:
             )
             self.feed, self.feed_cookies = None, None
             self._choose_mode(config, "auto")
+            self.mode_reason += " (tracked by uSNChanged: DirSync cannot be used)"
 
     # -- contentsync --------------------------------------------------------------------------
 

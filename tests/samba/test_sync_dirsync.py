@@ -252,6 +252,7 @@ def test_without_the_rights_a_run_warns_once_and_tracks_by_usn(samba_clean, gran
         assert len(warned) == 1 and result.counts["warnings"] == 1, result.problems
         assert "uSNChanged" in warned[0]
     assert second.mode == "incremental", second.mode_reason
+    assert "tracked by uSNChanged" in second.mode_reason
     assert "users_swept" in second.counts and second.counts["users_updated"] == 1
     assert SyncMarker.objects.get().feed_cookies == {}
 
