@@ -187,17 +187,20 @@ def read_changes(
     *,
     flags: int = LDAP_DIRSYNC_INCREMENTAL_VALUES,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    facts: ServerFacts | None = None,
 ) -> DirSyncBatch:
     """The objects matching ``filterstr`` in the naming context ``base`` that changed since
     ``cookie`` (all of them when None), searching again while the server has more.
 
     ``base`` must be a naming context head (DirSync reads whole NCs; Samba and Windows refuse
     other bases). With a cookie the filter also takes every tombstone, so deletions of objects
-    the caller holds are never missed. Raises :class:`DirSyncUnavailable`,
+    the caller holds are never missed. ``facts``: what the caller already read of the server
+    (else two more searches). Raises :class:`DirSyncUnavailable`,
     :class:`DirSyncCookieRejected`, or :class:`IncompleteRead` when a search stops early.
     """
-    naming_contexts, supported, invocation_id = _server_facts(session)
-    if DIRSYNC_OID not in supported:
+    facts = facts or server_facts(session)
+    naming_contexts = facts.naming_contexts
+    if DIRSYNC_OID not in facts.supported_controls:
         raise DirSyncUnavailable(f"{session.uri} does not offer DirSync ({DIRSYNC_OID})")
     if _dn_key(base) not in {_dn_key(nc) for nc in naming_contexts}:
         raise DirectoryError(
@@ -226,17 +229,19 @@ def read_changes(
         entries=list(changes.values()),
         deleted=list(deleted),
         cookie=control.cookie,
-        invocation_id=invocation_id,
+        invocation_id=facts.invocation_id,
         server=session.uri,
         complete=not cookie,
         searches=searches,
     )
 
 
-def current_cookie(session: DirectorySession, base: str) -> DirSyncBatch:
+def current_cookie(
+    session: DirectorySession, base: str, facts: ServerFacts | None = None
+) -> DirSyncBatch:
     """A cookie of the DC's state now, from a read that returns no entry (NO_OBJECT_FILTER):
     a read without a cookie of the objects themselves would return every one of them."""
-    return read_changes(session, base, NO_OBJECT_FILTER, ["objectGUID"], None)
+    return read_changes(session, base, NO_OBJECT_FILTER, ["objectGUID"], None, facts=facts)
 
 
 def tombstones_visible(session: DirectorySession, base: str) -> bool:
@@ -267,7 +272,16 @@ def tombstones_visible(session: DirectorySession, base: str) -> bool:
     return any(dn for dn, _attrs in data)
 
 
-def _server_facts(session: DirectorySession) -> tuple[list[str], set[str], str | None]:
+@dataclass(frozen=True)
+class ServerFacts:
+    """What :func:`read_changes` needs to know of the server."""
+
+    naming_contexts: list[str]
+    supported_controls: frozenset[str]
+    invocation_id: str | None  # None: the DC's NTDS Settings object is not readable
+
+
+def server_facts(session: DirectorySession) -> ServerFacts:
     """The server's naming contexts, supported controls and invocationId (None: unreadable)."""
     root = session.read_entry("", ["namingContexts", "supportedControl", "dsServiceName"])
     if root is None:
@@ -280,7 +294,7 @@ def _server_facts(session: DirectorySession) -> tuple[list[str], set[str], str |
         server = session.read_entry(service, ["invocationId"])
         raw = server.first("invocationId") if server else None
         invocation_id = guid_to_str(raw) if raw else None
-    return contexts, supported, invocation_id
+    return ServerFacts(contexts, frozenset(supported), invocation_id)
 
 
 def _dn_key(dn: str) -> tuple:

@@ -31,6 +31,7 @@ from ..directory.dirsync import (
     DirSyncCookieRejected,
     DirSyncEntry,
     DirSyncUnavailable,
+    ServerFacts,
     current_cookie,
     read_changes,
     tombstones_visible,
@@ -59,7 +60,7 @@ class DirSyncSteps(FeedSteps):
     def _dirsync_cookies(self, config: MappingConfig) -> dict:
         """The cookie of the DC's state now, for the next incremental run."""
         base = self._naming_context()
-        batch = current_cookie(self.session, base)
+        batch = current_cookie(self.session, base, self._server_facts())
         self._check_tombstones(base)
         return _cookies(batch)
 
@@ -70,7 +71,12 @@ class DirSyncSteps(FeedSteps):
         except (binascii.Error, ValueError) as error:
             raise DirSyncCookieRejected(f"the stored DirSync cookie is corrupt ({error})") from None
         batch = read_changes(
-            self.session, base, _dirsync_filter(config), _dirsync_attributes(config), cookie
+            self.session,
+            base,
+            _dirsync_filter(config),
+            _dirsync_attributes(config),
+            cookie,
+            facts=self._server_facts(),
         )
         if batch.invocation_id != cookies.get(DIRSYNC_DC):
             raise DirSyncCookieRejected(
@@ -118,6 +124,11 @@ class DirSyncSteps(FeedSteps):
             deleted_users=frozenset(missing),
             present_users=present_users(links, missing),
         )
+
+    def _server_facts(self) -> ServerFacts:
+        """The rootDSE the run read, for DirSync: its two searches are not sent again."""
+        root = self.root
+        return ServerFacts([root.naming_context], root.supported_controls, root.invocation_id)
 
     def _naming_context(self) -> str:
         if not self.root.naming_context:
