@@ -50,6 +50,7 @@ from .feed import (
     UserLink,
     moved_keys,
     present_users,
+    settled,
     user_links,
 )
 
@@ -83,7 +84,7 @@ class DirSyncSteps(FeedSteps):
                 f"{self.session.uri}: the DirSync cookie is of another domain controller"
             )
         self._check_tombstones(base)
-        if not (batch.entries or batch.deleted):
+        if not (batch.entries or batch.deleted) and settled():
             # Nothing to look at: neither the links nor the stored nesting are read.
             self.feed_cookies = _cookies(batch)
             return FeedChanges(nothing=True)

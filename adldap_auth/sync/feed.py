@@ -34,7 +34,7 @@ from ..mapping.attribute_lists import group_attribute_list, user_attribute_list
 from ..mapping.values import normalize_dn
 from ..membership import group_scope_rule, membership_scope
 from ..models import DirectoryUser
-from ..nesting import stored_group_records
+from ..nesting import memberships_unsettled, stored_group_records
 from ..resync import identity_filter
 from ..tracking import CONTENT_SYNC, DIRSYNC, FEED_SCOPES
 from .results import FULL, INCREMENTAL
@@ -151,7 +151,7 @@ class FeedSteps:
         }
         if new_cookies["users"] is None or new_cookies["groups"] is None:
             raise CookieRefused(f"{self.session.uri}: the server sent no cookie")
-        if users.empty and (groups is None or groups.empty) and not reread:
+        if users.empty and (groups is None or groups.empty) and not reread and settled():
             # Nothing to look at: neither the links nor the stored nesting are read.
             self.feed_cookies = new_cookies
             return FeedChanges(nothing=True)
@@ -292,6 +292,12 @@ def feed_scope(scope: str, settings: SyncConfig, config: MappingConfig) -> tuple
         return settings.USER_SEARCH or "", settings.USER_FILTER
     members = membership_scope(config)
     return members.base, members.filterstr
+
+
+def settled() -> bool:
+    """Whether the memberships are those of the stored nesting: else (a run died after
+    writing some) the run rechecks every user's, and needs every present user for that."""
+    return not memberships_unsettled()
 
 
 def user_links() -> list[UserLink]:

@@ -13,6 +13,7 @@ import pytest
 from django.test import override_settings
 
 from adldap_auth.models import DirectoryUser, GroupNode, SyncMarker
+from adldap_auth.nesting import mark_unsettled
 from adldap_auth.sync import SyncOptions, run_sync
 from tests.helpers import SearchSpy, count_writes, django_state, samba_settings
 from tests.lab.samba import SambaDC
@@ -275,3 +276,14 @@ def test_a_cookie_the_dc_cannot_use_makes_the_run_full(dirsync_dc, cookies, reas
         assert result.ok and result.mode == "full", result.mode_reason
         assert reason in result.mode_reason
         assert run_sync(SyncOptions(mode="incremental")).mode == "incremental"
+
+
+def test_an_unchanged_feed_after_a_run_that_died_removes_nobody(dirsync_dc):
+    with override_settings(**dirsync_settings(dirsync_dc)):
+        assert run_sync(SyncOptions(mode="full")).ok
+        mark_unsettled()
+        result = run_sync(SyncOptions(mode="incremental"))
+        assert result.ok and result.mode == "incremental", result.error or result.mode_reason
+        assert result.counts.get("users_removed", 0) == 0, result.counts
+        assert result.counts["memberships_recheck_all"] == 1
+        assert_a_full_run_has_nothing_to_do()
