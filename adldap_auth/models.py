@@ -26,6 +26,9 @@ class DirectoryUser(models.Model):
     dn = models.TextField("distinguished name")
     server = models.CharField(max_length=255, blank=True)
     object_sid = models.CharField(max_length=184, blank=True)
+    #: The SID of the AD primary group (``primaryGroupID``) as last read: a change-feed run
+    #: computes the memberships of users whose entry did not change from it.
+    primary_group_sid = models.CharField(max_length=184, blank=True)
     photo_digests = models.JSONField(default=dict, blank=True)
     first_seen = models.DateTimeField(auto_now_add=True)
     #: When a run last wrote a change of this entry (an unchanged entry costs no write).

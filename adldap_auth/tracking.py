@@ -9,6 +9,9 @@ Two ways to ask a server "what changed since last time":
   ``LDAP_SYNC_*_FILTER_INCREMENTAL`` filters, minus ``LDAP_SYNC_INCREMENTAL_TIME_OFFSET``
   minutes. The marker is the newest timestamp the server itself wrote on an entry in scope,
   so the Django host's clock never matters.
+
+A server's own change feed (``contentsync``: RFC 4533 on OpenLDAP; ``dirsync``: AD's DirSync)
+keeps cookies instead, read and written by :mod:`adldap_auth.sync.feed`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from .conf import DEFAULTS
 from .directory.connection import RootDSE
 from .directory.decoding import format_generalized_time, parse_generalized_time
+from .directory.dirsync import DIRSYNC_OID
 from .directory.readers import and_filter
 
 logger = logging.getLogger("adldap_auth.sync")
@@ -31,11 +35,14 @@ DEFAULTS_INCREMENTAL_USER_FILTER = DEFAULTS["USER_FILTER_INCREMENTAL"]
 USN = "usn"
 TIMESTAMP = "timestamp"
 CONTENT_SYNC = "contentsync"
+DIRSYNC = "dirsync"
 
 #: The Content Synchronization control (RFC 4533) in a rootDSE's supportedControl.
 CONTENT_SYNC_OID = "1.3.6.1.4.1.4203.1.9.1.1"
 #: The scopes whose feed cookies a marker keeps.
 FEED_SCOPES = ("users", "groups")
+#: The marker's DirSync cookie (base64) and the invocationId of the DC that issued it.
+DIRSYNC_COOKIE, DIRSYNC_DC = "dirsync", "invocation_id"
 
 
 @dataclass(frozen=True)
@@ -47,23 +54,19 @@ class Tracking:
 def choose_tracking(
     root: RootDSE, setting: str, member_attribute: str = "member", identity: str = "entryuuid"
 ) -> Tracking:
-    """``LDAP_SYNC_CHANGE_TRACKING`` ("auto", "usn", "timestamp", "contentsync") for this server.
+    """``LDAP_SYNC_CHANGE_TRACKING`` ("auto", "usn", "timestamp", "contentsync", "dirsync")
+    for this server.
 
     "usn" on a server without ``highestCommittedUSN`` (not AD) falls back to timestamps;
-    "contentsync" on a server that does not offer RFC 4533 (or with ``memberUid`` groups, whose
-    member keys the database does not keep, or another identity than entryUUID) falls back
-    to "auto".
+    "contentsync" on a server that does not offer RFC 4533, and "dirsync" on one that does not
+    offer DirSync (or, for either, ``memberUid`` groups, whose member keys the database does
+    not keep, or another identity than the feed's own) fall back to "auto".
     """
-    if setting == CONTENT_SYNC:
-        if CONTENT_SYNC_OID not in root.supported_controls:
-            reason = "the server does not offer Content Synchronization (RFC 4533)"
-        elif member_attribute == "memberuid":
-            reason = "memberUid groups are not followed by the change feed"
-        elif identity != "entryuuid":
-            reason = "the feed names entries by entryUUID, not LDAP_SYNC_IDENTITY_ATTRIBUTE"
-        else:
-            return Tracking(CONTENT_SYNC, "modifytimestamp")
-        logger.warning("LDAP_SYNC_CHANGE_TRACKING is 'contentsync' but %s", reason)
+    if setting in (CONTENT_SYNC, DIRSYNC):
+        reason = _feed_obstacle(root, setting, member_attribute, identity)
+        if reason is None:
+            return Tracking(setting, "modifytimestamp" if setting == CONTENT_SYNC else "usnchanged")
+        logger.warning("LDAP_SYNC_CHANGE_TRACKING is %r but %s", setting, reason)
         setting = "auto"
     has_usn = root.is_ad and root.highest_committed_usn is not None
     kind = setting
@@ -74,6 +77,22 @@ def choose_tracking(
     if kind == USN:
         return Tracking(USN, "usnchanged")
     return Tracking(TIMESTAMP, "whenchanged" if root.is_ad else "modifytimestamp")
+
+
+def _feed_obstacle(root: RootDSE, setting: str, member_attribute: str, identity: str) -> str | None:
+    """Why this server's change feed cannot serve the run (None: it can)."""
+    oid, feed, own_id = (
+        (CONTENT_SYNC_OID, "Content Synchronization (RFC 4533)", "entryuuid")
+        if setting == CONTENT_SYNC
+        else (DIRSYNC_OID, "DirSync (Active Directory)", "objectguid")
+    )
+    if oid not in root.supported_controls or (setting == DIRSYNC and not root.is_ad):
+        return f"the server does not offer {feed}"
+    if member_attribute == "memberuid":
+        return "memberUid groups are not followed by the change feed"
+    if identity != own_id:
+        return f"the feed names entries by {own_id}, not LDAP_SYNC_IDENTITY_ATTRIBUTE"
+    return None
 
 
 def choose_mode(
@@ -96,6 +115,15 @@ def choose_mode(
         cookies = marker.feed_cookies if isinstance(marker.feed_cookies, dict) else {}
         if not all(isinstance(cookies.get(scope), str) for scope in FEED_SCOPES):
             return "full", "no change-feed cookie recorded for this server"
+    elif tracking.kind == DIRSYNC:
+        cookies = marker.feed_cookies if isinstance(marker.feed_cookies, dict) else {}
+        if not isinstance(cookies.get(DIRSYNC_COOKIE), str):
+            return "full", "no DirSync cookie recorded for this server"
+        if not root.invocation_id or cookies.get(DIRSYNC_DC) != root.invocation_id:
+            return "full", (
+                "the DirSync cookie belongs to another domain controller, or this one was "
+                "restored (its invocationId changed)"
+            )
     elif tracking.kind == USN:
         if marker.highest_usn is None:
             return "full", "no uSNChanged marker recorded for this server"

@@ -733,7 +733,7 @@ SETTINGS: dict[str, dict] = {
     },
     "CHANGE_TRACKING": {
         "section": "incremental",
-        "type": '`"auto"`, `"usn"`, `"timestamp"` or `"contentsync"`',
+        "type": '`"auto"`, `"usn"`, `"timestamp"`, `"contentsync"` or `"dirsync"`',
         "description": (
             "How an incremental run finds changes (see "
             "[incremental runs](sync.md#incremental-runs)). `\"usn\"`: `uSNChanged` against "
@@ -745,7 +745,11 @@ SETTINGS: dict[str, dict] = {
             "`syncprov` overlay): changed users and groups and deletions, with no sweep of "
             "the user scope and no read of unchanged groups; the account needs an unlimited "
             "size limit. Without the feed (or with `memberUid` groups) `\"auto\"` applies; a "
-            "cookie the server refuses makes the run full."
+            "cookie the server refuses makes the run full. `\"dirsync\"` (opt-in): Active "
+            "Directory's DirSync feed, the same way ([DirSync](sync.md#dirsync)); the account "
+            "needs Replicating Directory Changes and the right to list `CN=Deleted Objects`, "
+            "else the run warns and uses `\"usn\"`; a cookie of another domain controller "
+            "makes the run full."
         ),
         "example": '"auto"',
         "seed": False,

@@ -99,7 +99,7 @@ DEFAULTS: dict[str, Any] = {
     "INCREMENTAL_TIME_OFFSET": 10,
     "INCREMENTAL_TIMESTAMPFORMAT": "%Y%m%d%H%M%S.0Z",
     # Incremental and safety (new)
-    "CHANGE_TRACKING": "auto",  # "auto": "usn" on AD, "timestamp" elsewhere; or "contentsync"
+    "CHANGE_TRACKING": "auto",  # "auto": "usn" on AD, "timestamp" elsewhere; "contentsync", "dirsync"
     # Removals one run may make of each kind (users, groups, memberships): a count, a
     # percentage string like "10%", or {"percent": p, "minimum": n[, "maximum": m]}: p% of
     # what is synced, but at least n (never more than half of them), at most m. None: no limit.

@@ -94,7 +94,7 @@ VALIDATORS: dict[str, Callable[[str, Any], list[Message]]] = {
     "INCREMENTAL_BETWEEN_FULL": integer(-1),
     "INCREMENTAL_TIME_OFFSET": integer(0),
     "INCREMENTAL_TIMESTAMPFORMAT": timestamp_format,
-    "CHANGE_TRACKING": choice("auto", "usn", "timestamp", "contentsync"),
+    "CHANGE_TRACKING": choice("auto", "usn", "timestamp", "contentsync", "dirsync"),
     "REMOVAL_THRESHOLD": removal_threshold_rule,
     "REMOVAL_GRACE": removal_grace,
     "LOCK_STALE_AFTER": seconds,

@@ -111,7 +111,7 @@ ADVICE = {
     "GROUP_MEMBERSHIP_MODE": '"graph" reads each group once per run; "filter" runs '
     "LDAP_SYNC_GROUP_MEMBERSHIP_FILTER once per user.",
     "CHANGE_TRACKING": '"auto" uses uSNChanged on Active Directory and modifyTimestamp elsewhere; '
-    '"contentsync" the server\'s RFC 4533 change feed.',
+    '"contentsync" the server\'s RFC 4533 change feed; "dirsync" Active Directory\'s DirSync.',
     "IDENTITY_ATTRIBUTE": '"auto" (objectGUID on Active Directory, entryUUID elsewhere) or '
     "the name of an immutable attribute.",
     "GROUP_MEMBER_ATTRIBUTE": 'The attribute of group entries that lists members: "member", '

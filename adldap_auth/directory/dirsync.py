@@ -34,6 +34,14 @@ GET_CHANGES_RIGHT = "1131f6aa-9c07-11d1-f79f-00c04fc2dcd2"
 #: The reply size the request asks for (what .NET's DirSyncRequestControl asks; Samba ignores it).
 DEFAULT_MAX_BYTES = 1_048_576
 
+#: A filter that no object matches (an objectGUID is never all zeros), on an indexed attribute:
+#: a read without a cookie with it returns no entry, yet the cookie of the DC's current state
+#: (on Samba 4.17 byte for byte the cookie of a read of every object; see current_cookie).
+NO_OBJECT_FILTER = "(objectGUID=" + "\\00" * 16 + ")"
+#: The Show Deleted control, and the well-known GUID of a naming context's CN=Deleted Objects.
+SHOW_DELETED_OID = "1.2.840.113556.1.4.417"
+DELETED_OBJECTS_WKGUID = "18e2ea80684f11d2b9aa00c04f79f805"
+
 #: Linked-attribute options under LDAP_DIRSYNC_INCREMENTAL_VALUES: values added / removed.
 _ADDED_OPTION = "range=1-1"
 _REMOVED_OPTION = "range=0-0"
@@ -179,17 +187,20 @@ def read_changes(
     *,
     flags: int = LDAP_DIRSYNC_INCREMENTAL_VALUES,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    facts: ServerFacts | None = None,
 ) -> DirSyncBatch:
     """The objects matching ``filterstr`` in the naming context ``base`` that changed since
     ``cookie`` (all of them when None), searching again while the server has more.
 
     ``base`` must be a naming context head (DirSync reads whole NCs; Samba and Windows refuse
     other bases). With a cookie the filter also takes every tombstone, so deletions of objects
-    the caller holds are never missed. Raises :class:`DirSyncUnavailable`,
+    the caller holds are never missed. ``facts``: what the caller already read of the server
+    (else two more searches). Raises :class:`DirSyncUnavailable`,
     :class:`DirSyncCookieRejected`, or :class:`IncompleteRead` when a search stops early.
     """
-    naming_contexts, supported, invocation_id = _server_facts(session)
-    if DIRSYNC_OID not in supported:
+    facts = facts or server_facts(session)
+    naming_contexts = facts.naming_contexts
+    if DIRSYNC_OID not in facts.supported_controls:
         raise DirSyncUnavailable(f"{session.uri} does not offer DirSync ({DIRSYNC_OID})")
     if _dn_key(base) not in {_dn_key(nc) for nc in naming_contexts}:
         raise DirectoryError(
@@ -218,14 +229,59 @@ def read_changes(
         entries=list(changes.values()),
         deleted=list(deleted),
         cookie=control.cookie,
-        invocation_id=invocation_id,
+        invocation_id=facts.invocation_id,
         server=session.uri,
         complete=not cookie,
         searches=searches,
     )
 
 
-def _server_facts(session: DirectorySession) -> tuple[list[str], set[str], str | None]:
+def current_cookie(
+    session: DirectorySession, base: str, facts: ServerFacts | None = None
+) -> DirSyncBatch:
+    """A cookie of the DC's state now, from a read that returns no entry (NO_OBJECT_FILTER):
+    a read without a cookie of the objects themselves would return every one of them."""
+    return read_changes(session, base, NO_OBJECT_FILTER, ["objectGUID"], None, facts=facts)
+
+
+def tombstones_visible(session: DirectorySession, base: str) -> bool:
+    """Whether the account may list the tombstones of the naming context ``base``: DirSync
+    reports deletions only to an account that may list ``CN=Deleted Objects`` (Samba 4.17,
+    even with both replication rights). One search of at most one entry; a naming context
+    without any tombstone reads as False."""
+    where = f"{session.uri}: listing the deleted objects of {base!r}"
+    session.search_count += 1
+    try:
+        msgid = session.connection.search_ext(
+            f"<WKGUID={DELETED_OBJECTS_WKGUID},{base}>",
+            ldap.SCOPE_ONELEVEL,
+            "(isDeleted=TRUE)",
+            ["1.1"],
+            serverctrls=[RequestControl(SHOW_DELETED_OID, True)],
+            sizelimit=1,
+        )
+        _type, data, _msgid, _controls = session.connection.result3(
+            msgid, all=1, timeout=session.config.operation_timeout
+        )
+    except ldap.SIZELIMIT_EXCEEDED:
+        return True
+    except (ldap.NO_SUCH_OBJECT, ldap.INSUFFICIENT_ACCESS):
+        return False
+    except ldap.LDAPError as error:
+        raise DirectoryError(f"{where} failed: {error_text(error)}") from scrubbed(error)
+    return any(dn for dn, _attrs in data)
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What :func:`read_changes` needs to know of the server."""
+
+    naming_contexts: list[str]
+    supported_controls: frozenset[str]
+    invocation_id: str | None  # None: the DC's NTDS Settings object is not readable
+
+
+def server_facts(session: DirectorySession) -> ServerFacts:
     """The server's naming contexts, supported controls and invocationId (None: unreadable)."""
     root = session.read_entry("", ["namingContexts", "supportedControl", "dsServiceName"])
     if root is None:
@@ -238,7 +294,7 @@ def _server_facts(session: DirectorySession) -> tuple[list[str], set[str], str |
         server = session.read_entry(service, ["invocationId"])
         raw = server.first("invocationId") if server else None
         invocation_id = guid_to_str(raw) if raw else None
-    return contexts, supported, invocation_id
+    return ServerFacts(contexts, frozenset(supported), invocation_id)
 
 
 def _dn_key(dn: str) -> tuple:

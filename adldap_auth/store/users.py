@@ -199,7 +199,15 @@ class UsersMixin:
         if links_to_update:
             DirectoryUser.objects.bulk_update(
                 links_to_update,
-                ["dn", "server", "object_sid", "last_changed", "removed_at", "removal_reason"],
+                [
+                    "dn",
+                    "server",
+                    "object_sid",
+                    "primary_group_sid",
+                    "last_changed",
+                    "removed_at",
+                    "removal_reason",
+                ],
             )
         # New links are inserted last, once _sync_profiles has set their photo digests: an
         # insert, not an insert and an update (bulk_update is slow: CASE WHEN per row).
@@ -275,12 +283,14 @@ class UsersMixin:
             link.dn != record.dn
             or link.server != self.server
             or link.object_sid != (record.object_sid or "")
+            or link.primary_group_sid != (record.primary_group_sid or "")
         )
 
     def _refresh_link(self, link: DirectoryUser, record: UserRecord, restore: bool) -> None:
         link.dn = record.dn
         link.server = self.server
         link.object_sid = record.object_sid or ""
+        link.primary_group_sid = record.primary_group_sid or ""
         link.last_changed = self.now
         if restore:
             link.removed_at = None
@@ -293,6 +303,7 @@ class UsersMixin:
             dn=record.dn,
             server=self.server,
             object_sid=record.object_sid or "",
+            primary_group_sid=record.primary_group_sid or "",
             last_changed=self.now,
         )
 

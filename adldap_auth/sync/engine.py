@@ -38,7 +38,7 @@ from ..nesting import (
 )
 from ..store import RunReport, Store
 from ..tracking import TimestampHigh, choose_mode, choose_tracking, entry_changed
-from .feed import FeedSteps
+from .dirsync_feed import DirSyncSteps
 from .guards import (
     check_group_read,
     linked_group_guids,
@@ -81,7 +81,7 @@ def close_interrupted_runs() -> int:
     )
 
 
-class SyncEngine(UserSteps, RemovalSteps, FeedSteps):
+class SyncEngine(UserSteps, RemovalSteps, DirSyncSteps):
     """One batch run. Create, call :meth:`run` once, read the result."""
 
     def __init__(self, options: SyncOptions, heartbeat: Callable[[], None] | None = None):
@@ -154,11 +154,15 @@ class SyncEngine(UserSteps, RemovalSteps, FeedSteps):
             status = SyncRun.STATUS_PARTIAL
         return self._finish(status, error, time.monotonic() - started)
 
-    def _choose_mode(self, config: MappingConfig) -> SyncMarker | None:
-        """Full or incremental (and why); returns this server's marker, if any."""
+    def _choose_mode(self, config: MappingConfig, setting: str | None = None) -> SyncMarker | None:
+        """Full or incremental (and why), with ``setting`` or LDAP_SYNC_CHANGE_TRACKING;
+        returns this server's marker, if any."""
         s = self.config
         self.tracking = choose_tracking(
-            self.root, s.CHANGE_TRACKING, config.member_attribute, config.identity_attribute
+            self.root,
+            setting or s.CHANGE_TRACKING,
+            config.member_attribute,
+            config.identity_attribute,
         )
         marker = SyncMarker.objects.filter(server=self.session.uri).first()
         self.mode, self.mode_reason = choose_mode(
@@ -236,7 +240,7 @@ class SyncEngine(UserSteps, RemovalSteps, FeedSteps):
         config = build_mapping_config(is_ad=self.root.is_ad)
         self._warn_unknown_attributes(config)
         marker = self._choose_mode(config)
-        self._follow_feed(config, marker)  # "contentsync": changes or cookies, before writes
+        self._follow_feed(config, marker)  # a change feed: changes or cookies, before writes
         self.high_water = TimestampHigh()
         # A run that died after writing memberships and before storing its nesting left
         # memberships that neither the stored nesting nor (if it changed since) the directory

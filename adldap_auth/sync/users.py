@@ -47,7 +47,7 @@ class UserSteps:
         present: dict[str, tuple[str, str | None]] = {}
         self.synced_user_guids: set[str] = set()
         scope = Scope(s.USER_SEARCH, s.USER_FILTER)
-        if self.mode == INCREMENTAL:
+        if self.mode == INCREMENTAL and self.feed is None:
             scope = Scope(
                 s.USER_SEARCH,
                 changed_filter(

@@ -235,6 +235,10 @@ def add_reader(conn: LDAPObject) -> None:
     )
 
 
+#: The control access right "Replicating Directory Changes" (DS-Replication-Get-Changes).
+GET_CHANGES_RIGHT = "1131f6aa-9c07-11d1-f79f-00c04fc2dcd2"
+
+
 # --- processes, ports, lock -----------------------------------------------------------------
 
 
@@ -860,6 +864,55 @@ class SambaDC:
         conn = self.connect(start_tls=True)
         conn.simple_bind_s(self.admin_dn, self.admin_password)
         return conn
+
+    # rights
+    def object_sid(self, dn: str) -> str:
+        found = self.reader_connection().search_s(dn, ldap.SCOPE_BASE, attrlist=["objectSid"])
+        return sid_to_str(found[0][1]["objectSid"][0])
+
+    def grant_replication_right(self, dn: str) -> None:
+        """Grant "Replicating Directory Changes" on the domain to ``dn``, the documented way
+        (docs/ad-permissions.md: ``samba-tool dsacl set``)."""
+        self.dirty = True
+        _run(
+            ["samba-tool", "dsacl", "set", "-H", self.uri, f"--simple-bind-dn={self.admin_dn}",
+             f"--password={self.admin_password}", f"--objectdn={self.base_dn}",
+             f"--sddl=(OA;;CR;{GET_CHANGES_RIGHT};;{self.object_sid(dn)})"],
+            "samba-tool dsacl set",
+        )  # fmt: skip
+
+    def grant_deleted_objects(self, dn: str) -> None:
+        """List contents and Read property on CN=Deleted Objects for ``dn``: ``samba-tool
+        dsacl`` cannot read that container, so its descriptor is changed with ldbmodify."""
+        self.dirty = True
+        deleted_objects = f"CN=Deleted Objects,{self.base_dn}"
+        database = str(self.root / "private" / "sam.ldb")
+        found = _run(
+            ["ldbsearch", "-H", database, "-s", "base", "-b", deleted_objects,
+             "--controls=show_deleted:1", "nTSecurityDescriptor"],
+            "reading the SD of CN=Deleted Objects",
+        ).replace("\n ", "")  # fmt: skip
+        sddl = next(line for line in found.splitlines() if line.startswith("nTSecurityDescriptor:"))
+        ace = f"(A;CI;LCRP;;;{self.object_sid(dn)})"
+        new_sddl = sddl.split(": ", 1)[1].replace("D:PAI", "D:PAI" + ace, 1)
+        if ace not in new_sddl:
+            raise SambaError(f"unexpected descriptor of {deleted_objects}: {sddl}")
+        path = self.run_dir / "deleted-objects-sd.ldif"
+        path.write_text(
+            f"dn: {deleted_objects}\nchangetype: modify\nreplace: nTSecurityDescriptor\n"
+            f"nTSecurityDescriptor: {new_sddl}\n"
+        )
+        _run(
+            ["ldbmodify", "-H", database, "--controls=show_deleted:1", str(path)],
+            "granting list and read on CN=Deleted Objects",
+        )
+
+    def add_tombstone(self) -> None:
+        """Create and delete a contact: a domain has tombstones, a fresh lab copy none."""
+        conn = self.admin_connection()
+        dn = f"CN=Deleted Contact {time.monotonic_ns()},{self.lab_dn}"
+        conn.add_s(dn, [("objectClass", [b"contact"])])
+        conn.delete_s(dn)
 
     # state
     def highest_usn(self) -> int:

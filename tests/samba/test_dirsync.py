@@ -28,7 +28,7 @@ from adldap_auth.directory.dirsync import (
     DirSyncUnavailable,
     read_changes,
 )
-from tests.lab.samba import SambaDC, _run, sid_to_str
+from tests.lab.samba import SambaDC
 
 #: People and groups; tombstones lose objectCategory, so the reader must add (isDeleted=TRUE).
 FILTER = "(|(&(objectCategory=person)(objectClass=user))(objectClass=group))"
@@ -88,13 +88,6 @@ def invocation_id(dc: SambaDC) -> str:
 
 def guids_by_dn(batch: DirSyncBatch) -> dict[tuple, str]:
     return {norm(entry.dn): entry.guid for entry in batch.entries}
-
-
-def object_sid(dc: SambaDC, dn: str) -> str:
-    conn = dc.reader_connection()
-    return sid_to_str(
-        conn.search_s(dn, ldap.SCOPE_BASE, attrlist=["objectSid"])[0][1]["objectSid"][0]
-    )
 
 
 # -- first reads -----------------------------------------------------------------------------
@@ -216,31 +209,9 @@ def test_object_security_shows_deletions_only_with_list_rights_on_deleted_object
         )
         assert (hidden.entries, hidden.deleted) == ([], [])
 
-        deleted_objects = f"CN=Deleted Objects,{dc.base_dn}"
-        database = str(dc.root / "private" / "sam.ldb")
-        found = _run(
-            ["ldbsearch", "-H", database, "-s", "base", "-b", deleted_objects,
-             "--controls=show_deleted:1", "nTSecurityDescriptor"],
-            "reading the SD of CN=Deleted Objects",
-        ).replace("\n ", "")  # fmt: skip
-        sddl = next(line for line in found.splitlines() if line.startswith("nTSecurityDescriptor:"))
-        ace = f"(A;CI;LCRP;;;{object_sid(dc, dc.reader_dn)})"
-        new_sddl = sddl.split(": ", 1)[1].replace("D:PAI", "D:PAI" + ace, 1)
-        assert ace in new_sddl
-        _run(
-            ["ldbmodify", "-H", database, "--controls=show_deleted:1", _ldif_file(dc, deleted_objects, new_sddl)],
-            "granting list and read on CN=Deleted Objects",
-        )  # fmt: skip
+        dc.grant_deleted_objects(dc.reader_dn)
         shown = read_changes(opened, dc.base_dn, FILTER, ATTRS, first.cookie, flags=OBJECT_SECURITY)
     assert (shown.entries, shown.deleted) == ([], [dave])
-
-
-def _ldif_file(dc: SambaDC, dn: str, sddl: str) -> str:
-    path = dc.run_dir / "deleted-objects-sd.ldif"
-    path.write_text(
-        f"dn: {dn}\nchangetype: modify\nreplace: nTSecurityDescriptor\nnTSecurityDescriptor: {sddl}\n"
-    )
-    return str(path)
 
 
 def test_the_documented_grant_lets_the_reader_use_dirsync(samba_clean: SambaDC) -> None:
@@ -248,13 +219,7 @@ def test_the_documented_grant_lets_the_reader_use_dirsync(samba_clean: SambaDC) 
     dc = samba_clean
     with reader(dc) as opened, pytest.raises(DirSyncUnavailable):
         read_changes(opened, dc.base_dn, FILTER, ATTRS, None)
-    sid = object_sid(dc, dc.reader_dn)
-    _run(
-        ["samba-tool", "dsacl", "set", "-H", dc.uri, f"--simple-bind-dn={dc.admin_dn}",
-         f"--password={dc.admin_password}", f"--objectdn={dc.base_dn}",
-         f"--sddl=(OA;;CR;1131f6aa-9c07-11d1-f79f-00c04fc2dcd2;;{sid})"],
-        "samba-tool dsacl set",
-    )  # fmt: skip
+    dc.grant_replication_right(dc.reader_dn)
     with reader(dc) as opened:
         batch = read_changes(opened, dc.base_dn, FILTER, ATTRS, None)
     assert {entry.guid for entry in batch.entries} == set(in_scope(dc))

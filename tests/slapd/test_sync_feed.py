@@ -10,6 +10,7 @@ import pytest
 from django.test import override_settings
 
 from adldap_auth.models import SyncMarker
+from adldap_auth.nesting import mark_unsettled, memberships_unsettled
 from adldap_auth.sync import SyncOptions, run_sync
 from tests.helpers import SearchSpy
 from tests.lab import ldif
@@ -102,3 +103,18 @@ def test_without_the_feed_the_run_uses_timestamps(make_slapd, caplog):
     assert "users_swept" in result.counts  # today's method
     assert SyncMarker.objects.get().feed_cookies == {}
     assert "does not offer Content Synchronization" in caplog.text
+
+
+def test_an_unchanged_feed_after_a_run_that_died_rechecks_and_removes_nobody(make_slapd):
+    """A run that died after writing memberships leaves them unsettled: the next run, even
+    with nothing in the feed, rechecks every user's and must know every present user."""
+    server = make_slapd(spec=synthetic(users=50, groups=5, seed=1), overlays=FEED_OVERLAYS)
+    with override_settings(**feed_settings(server)):
+        assert run_sync(SyncOptions(mode="full")).ok
+        mark_unsettled()
+        result = run_sync(SyncOptions(mode="incremental"))
+        assert result.ok and result.mode == "incremental", result.error or result.mode_reason
+        assert result.counts.get("users_removed", 0) == 0, result.counts
+        assert result.counts["memberships_recheck_all"] == 1
+        assert_matches_spec(server)
+        assert not memberships_unsettled()

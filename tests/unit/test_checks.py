@@ -279,6 +279,8 @@ CASES = [
     case("CHANGE_TRACKING", "USN", "E010"),
     case("CHANGE_TRACKING", "timestamp"),
     case("CHANGE_TRACKING", "contentsync"),
+    case("CHANGE_TRACKING", "dirsync"),
+    case("CHANGE_TRACKING", "DirSync", "E010"),
     case("REMOVAL_THRESHOLD", -1, "E022"),
     case("REMOVAL_THRESHOLD", "0%", "E022"),
     case("REMOVAL_THRESHOLD", "101%", "E022"),
