@@ -50,7 +50,6 @@ from .feed import (
     UserLink,
     moved_keys,
     present_users,
-    settled,
     user_links,
 )
 
@@ -84,7 +83,7 @@ class DirSyncSteps(FeedSteps):
                 f"{self.session.uri}: the DirSync cookie is of another domain controller"
             )
         self._check_tombstones(base)
-        if not (batch.entries or batch.deleted) and settled():
+        if not (batch.entries or batch.deleted) and not self.unsettled:
             # Nothing to look at: neither the links nor the stored nesting are read.
             self.feed_cookies = _cookies(batch)
             return FeedChanges(nothing=True)

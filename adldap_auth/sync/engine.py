@@ -240,14 +240,14 @@ class SyncEngine(UserSteps, RemovalSteps, DirSyncSteps):
         config = build_mapping_config(is_ad=self.root.is_ad)
         self._warn_unknown_attributes(config)
         marker = self._choose_mode(config)
-        self._follow_feed(config, marker)  # a change feed: changes or cookies, before writes
-        self.high_water = TimestampHigh()
         # A run that died after writing memberships and before storing its nesting left
         # memberships that neither the stored nesting nor (if it changed since) the directory
         # describes: compared against the stored nesting, they would stay. Read before this
-        # run marks the state itself.
+        # run marks the state itself (and before the feed, which reads everything then).
         self.unsettled = bool(s.GROUP) and memberships_unsettled()
-        if self.feed is not None and self.feed.nothing and not self.unsettled:
+        self._follow_feed(config, marker)  # a change feed: changes or cookies, before writes
+        self.high_water = TimestampHigh()
+        if self.feed is not None and self.feed.nothing:
             self.report.counts["feed_unchanged"] = 1  # nothing read, nothing to write
             if not self.options.dry_run:
                 self._save_marker(marker)

@@ -34,7 +34,7 @@ from ..mapping.attribute_lists import group_attribute_list, user_attribute_list
 from ..mapping.values import normalize_dn
 from ..membership import group_scope_rule, membership_scope
 from ..models import DirectoryUser
-from ..nesting import memberships_unsettled, stored_group_records
+from ..nesting import stored_group_records
 from ..resync import identity_filter
 from ..tracking import CONTENT_SYNC, DIRSYNC, FEED_SCOPES
 from .results import FULL, INCREMENTAL
@@ -85,7 +85,8 @@ class UserLink:
 
 class FeedSteps:
     """The change-feed half of a run (a mixin of :class:`~adldap_auth.sync.engine.SyncEngine`,
-    whose state it uses: ``session``, ``config``, ``tracking``, ``mode``, ``report``)."""
+    whose state it uses: ``session``, ``config``, ``tracking``, ``mode``, ``report``,
+    ``unsettled``: memberships a dead run left half written make every feed read whole)."""
 
     feed: FeedChanges | None = None
     feed_cookies: dict | None = None
@@ -151,7 +152,7 @@ class FeedSteps:
         }
         if new_cookies["users"] is None or new_cookies["groups"] is None:
             raise CookieRefused(f"{self.session.uri}: the server sent no cookie")
-        if users.empty and (groups is None or groups.empty) and not reread and settled():
+        if users.empty and (groups is None or groups.empty) and not reread and not self.unsettled:
             # Nothing to look at: neither the links nor the stored nesting are read.
             self.feed_cookies = new_cookies
             return FeedChanges(nothing=True)
@@ -292,12 +293,6 @@ def feed_scope(scope: str, settings: SyncConfig, config: MappingConfig) -> tuple
         return settings.USER_SEARCH or "", settings.USER_FILTER
     members = membership_scope(config)
     return members.base, members.filterstr
-
-
-def settled() -> bool:
-    """Whether the memberships are those of the stored nesting: else (a run died after
-    writing some) the run rechecks every user's, and needs every present user for that."""
-    return not memberships_unsettled()
 
 
 def user_links() -> list[UserLink]:

@@ -1,5 +1,6 @@
-"""``syncldap watch`` against the Samba AD DC: a look every interval (uSNChanged), each change
-applied by the next batch, a removed user's session ended, and the state a full run gives."""
+"""``syncldap watch`` against the Samba AD DC: a look every interval (uSNChanged, or DirSync),
+each change applied by the next batch, a removed user's session ended, and the state a full
+run gives."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 from django.test import Client, override_settings
 
+from adldap_auth.models import SyncRun
 from adldap_auth.sync import SyncOptions, SyncResult, run_sync
 from adldap_auth.watch import WatchOptions, watch
 from tests.helpers import samba_settings
@@ -28,13 +30,19 @@ def inactive(username: str) -> Callable[[], bool]:
     return lambda: get_user_model().objects.filter(username=username, is_active=False).exists()
 
 
-def test_the_watch_applies_ad_changes_batch_by_batch(samba_clean):
+@pytest.mark.parametrize("tracking", ["auto", "dirsync"])
+def test_the_watch_applies_ad_changes_batch_by_batch(samba_clean, tracking):
     dc = samba_clean
+    if tracking == "dirsync":
+        dc.grant_replication_right(dc.reader_dn)
+        dc.grant_deleted_objects(dc.reader_dn)
+        dc.add_tombstone()
     conn = dc.admin_connection()
     User = get_user_model()
     settings = samba_settings(
         dc,
         LDAP_SYNC_REMOVAL_THRESHOLD=None,
+        LDAP_SYNC_CHANGE_TRACKING=tracking,
         SESSION_ENGINE="django.contrib.sessions.backends.db",
     )
     steps: list[tuple[Callable[[], None], Callable[[], bool]]] = [
@@ -85,6 +93,9 @@ def test_the_watch_applies_ad_changes_batch_by_batch(samba_clean):
             latencies,
         )
         assert len(latencies) == 4
+        if tracking == "dirsync":  # every batch read the feed, none swept the users
+            last = SyncRun.objects.order_by("pk").last()
+            assert "users_swept" not in last.counts and last.mode == "incremental", last.counts
         assert summary.full == 0  # the full run just made is recent: incremental batches
         assert not Session.objects.exists()  # carol's session ended with her account
         full = run_sync(SyncOptions(mode="full"))
