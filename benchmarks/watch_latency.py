@@ -2,9 +2,12 @@
 
     .venv/bin/python -m benchmarks.watch_latency                       # slapd, 10k users
     .venv/bin/python -m benchmarks.watch_latency --users 1000 --changes 40 --json out.json
+    .venv/bin/python -m benchmarks.watch_latency --samba                # Samba AD, 2k, DirSync
 
-Loads a slapd with the syncprov overlay (the lab generator, slapadd), makes a cold full run
-into a SQLite file, then runs :func:`adldap_auth.watch.watch` in this process while a second
+Loads a slapd with the syncprov overlay (the lab generator, slapadd; the watch waits on its
+persistent search), or with ``--samba`` the lab's Samba AD DC with the same generator's
+company (``benchmarks.samba``; DirSync, the watch looking every ``--interval`` seconds), makes
+a cold full run into a SQLite file, then runs :func:`adldap_auth.watch.watch` in this process while a second
 thread writes ``--changes`` changes to the directory, one every ``--every`` seconds, in turn:
 
 ``field``
@@ -75,6 +78,7 @@ class Figures:
     batches: int = 0
     batch_seconds: float = 0.0
     full_seconds: float = 0.0
+    modes: set[str] = field(default_factory=set)  # "incremental", or a full batch's reason
 
     def latencies(self, kind: str | None = None) -> list[float]:
         return [
@@ -131,13 +135,12 @@ class Changer(threading.Thread):
             self.finished.set()
 
 
-def plan_changes(spec: Any, count: int, seed: int) -> tuple[list[Change], list]:
+def plan_changes(server: Any, count: int, seed: int) -> tuple[list[Change], list]:
     """``count`` changes, the kinds in turn, each on a different user; and their writes."""
     from django.contrib.auth import get_user_model
 
-    from tests.lab import ldif
-
     User = get_user_model()
+    spec = server.spec
     rng = random.Random(seed)
     users = [u for u in spec.users if not u.disabled]
     rng.shuffle(users)
@@ -152,7 +155,7 @@ def plan_changes(spec: Any, count: int, seed: int) -> tuple[list[Change], list]:
     for index in range(count):
         kind = KINDS[index % len(KINDS)]
         user = users[index]
-        dn = ldif.user_dn(user)
+        dn = server.user_dn(user.key)
         if kind == "field":
             surname = f"Changed{index}"
             done = _field_done(User, user.key, surname)
@@ -165,7 +168,7 @@ def plan_changes(spec: Any, count: int, seed: int) -> tuple[list[Change], list]:
             )
             parent = next(p for p in parents[group.name] if p not in closure[user.key])
             done = _group_done(User, user.key, parent)
-            group_dn = ldif.group_dn(group)
+            group_dn = server.group_dn(group.name)
             write = _modify(group_dn, "member", dn.encode(), ldap.MOD_ADD)
         elif kind == "disable":
             done = _inactive(User, user.key)
@@ -211,78 +214,121 @@ def make_sessions(changes: list[Change]) -> None:
 
 
 def measure(args: argparse.Namespace) -> Figures:
-    from django.contrib.sessions.models import Session
     from django.core.management import call_command
-    from django.test import override_settings
-
-    from adldap_auth.sync import SyncOptions, run_sync
-    from adldap_auth.watch import WatchOptions, watch
-    from benchmarks.harness import bench_slapd_class
-    from tests.helpers import slapd_settings
-    from tests.lab.generator import synthetic
 
     workdir = Path(tempfile.mkdtemp(prefix="adldap-watch-bench-"))
     settings.DATABASES["default"]["NAME"] = str(workdir / "db.sqlite3")
     call_command("migrate", verbosity=0)
+    if args.samba:
+        return _on_samba(args, workdir)
+    from benchmarks.harness import bench_slapd_class
+    from tests.helpers import slapd_settings
+    from tests.lab.generator import synthetic
+
     spec = synthetic(users=args.users, groups=args.groups, seed=args.seed)
     server = bench_slapd_class()(spec, overlays=("memberof", "syncprov"))
     server.start()
-    figures = Figures()
     try:
-        values = slapd_settings(
-            server,
-            LDAP_SYNC_CHANGE_TRACKING="contentsync",
-            LDAP_SYNC_REMOVAL_THRESHOLD=None,
-            LDAP_SYNC_WATCH_INTERVAL=args.interval,
-            SESSION_ENGINE="django.contrib.sessions.backends.db",
-            MEDIA_ROOT=str(workdir / "media"),
-        )
-        with override_settings(**values):
-            started = time.monotonic()
-            full = run_sync(SyncOptions(mode="full"))
-            figures.full_seconds = time.monotonic() - started
-            if not full.ok:
-                raise SystemExit(f"the cold run failed: {full.error}")
-            changes, writes = plan_changes(server.spec, args.changes, args.seed)
-            figures.changes = changes
-            make_sessions(changes)
-            changer = Changer(server, changes, writes, args.every)
-            options = WatchOptions(interval=args.interval, duration=args.changes * args.every + 120)
-
-            def on_batch(result: Any) -> None:
-                figures.batches += 1
-                figures.batch_seconds += result.seconds
-                changer.started.set()
-                now = time.monotonic()
-                for change in changes:
-                    if not change.written_at:
-                        continue
-                    if change.applied_at is None and change.done():
-                        change.applied_at = now
-                    if (
-                        change.session_key
-                        and change.session_ended_at is None
-                        and not Session.objects.filter(session_key=change.session_key).exists()
-                    ):
-                        change.session_ended_at = now
-                waiting = [c for c in changes if c.applied_at is None]
-                if changer.finished.is_set() and not waiting:
-                    options.stop.set()
-
-            options.on_batch = on_batch
-            changer.start()
-            watch(options)
-            changer.join(10)
-            if changer.error:
-                raise changer.error
+        values = slapd_settings(server, LDAP_SYNC_CHANGE_TRACKING="contentsync")
+        return follow(server, values, args, workdir)
     finally:
         server.close()
+
+
+def _on_samba(args: argparse.Namespace, workdir: Path) -> Figures:
+    from benchmarks.samba import samba_spec, template_for
+    from tests.helpers import samba_settings
+    from tests.lab import samba
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    spec = samba_spec(args.users, args.groups, 0)
+    with samba.lab_lock(notify=say):
+        out = REPO / "benchmarks" / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        template = template_for(spec, out, say)
+        samba.clear_ports()
+        run_dir = Path(tempfile.mkdtemp(prefix=samba.RUN_PREFIX, dir=samba.RUN_PARENT))
+        dc = samba.SambaDC(spec, template, run_dir)
+        try:
+            dc._copy_template()
+            dc.start()
+            dc.grant_replication_right(dc.reader_dn)
+            dc.grant_deleted_objects(dc.reader_dn)
+            dc.add_tombstone()
+            values = samba_settings(
+                dc,
+                LDAP_SYNC_CHANGE_TRACKING="dirsync",
+                LDAP_SYNC_USER_SEARCH=dc.lab_dn,
+                LDAP_SYNC_RANGE_SIZE=1500,
+            )
+            return follow(dc, values, args, workdir)
+        finally:
+            dc.close()
+
+
+def follow(server: Any, values: dict, args: argparse.Namespace, workdir: Path) -> Figures:
+    """The cold run, then the watch while the changes are written."""
+    from django.contrib.sessions.models import Session
+    from django.test import override_settings
+
+    from adldap_auth.sync import SyncOptions, run_sync
+    from adldap_auth.watch import WatchOptions, watch
+
+    figures = Figures()
+    values = {
+        **values,
+        "LDAP_SYNC_REMOVAL_THRESHOLD": None,
+        "LDAP_SYNC_WATCH_INTERVAL": args.interval,
+        "SESSION_ENGINE": "django.contrib.sessions.backends.db",
+        "MEDIA_ROOT": str(workdir / "media"),
+    }
+    with override_settings(**values):
+        started = time.monotonic()
+        full = run_sync(SyncOptions(mode="full"))
+        figures.full_seconds = time.monotonic() - started
+        if not full.ok:
+            raise SystemExit(f"the cold run failed: {full.error}")
+        changes, writes = plan_changes(server, args.changes, args.seed)
+        figures.changes = changes
+        make_sessions(changes)
+        changer = Changer(server, changes, writes, args.every)
+        options = WatchOptions(interval=args.interval, duration=args.changes * args.every + 120)
+
+        def on_batch(result: Any) -> None:
+            figures.batches += 1
+            figures.batch_seconds += result.seconds
+            figures.modes.add(result.mode_reason if result.mode == "full" else result.mode)
+            changer.started.set()
+            now = time.monotonic()
+            for change in changes:
+                if not change.written_at:
+                    continue
+                if change.applied_at is None and change.done():
+                    change.applied_at = now
+                if (
+                    change.session_key
+                    and change.session_ended_at is None
+                    and not Session.objects.filter(session_key=change.session_key).exists()
+                ):
+                    change.session_ended_at = now
+            if changer.finished.is_set() and all(c.applied_at is not None for c in changes):
+                options.stop.set()
+
+        options.on_batch = on_batch
+        changer.start()
+        watch(options)
+        changer.join(10)
+        if changer.error:
+            raise changer.error
     return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--samba", action="store_true", help="the lab's Samba AD DC, DirSync")
+    parser.add_argument("--users", type=int, default=None, help="default 10,000 (Samba 2,000)")
     parser.add_argument("--groups", type=int, default=None, help="default: users / 10")
     parser.add_argument("--changes", type=int, default=100)
     parser.add_argument("--every", type=float, default=1.0, help="seconds between changes")
@@ -290,11 +336,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    args.users = args.users or (2000 if args.samba else 10_000)
     args.groups = args.groups or max(1, args.users // 10)
     figures = measure(args)
     expected = {kind: sum(1 for c in figures.changes if c.kind == kind) for kind in KINDS}
+    directory = "Samba AD (DirSync)" if args.samba else "slapd (syncprov)"
     print(
-        f"slapd (syncprov), {args.users} users / {args.groups} groups, SQLite file; "
+        f"{directory}, {args.users} users / {args.groups} groups, SQLite file; "
         f"{args.changes} changes, one every {args.every} s; watch interval {args.interval} s"
     )
     print(f"cold full run {figures.full_seconds:.1f} s")
@@ -304,6 +352,7 @@ def main() -> None:
     sessions = sum(1 for c in figures.changes if c.session_key)
     print(summary_line("session", figures.sessions(), sessions))
     print(f"{figures.batches} batches, {figures.batch_seconds:.1f} s of batch time")
+    print(f"batch modes: {sorted(figures.modes)}")
     if args.json:
         data = {
             "args": {k: str(v) for k, v in vars(args).items()},
