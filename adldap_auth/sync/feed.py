@@ -25,7 +25,11 @@ from dataclasses import dataclass, field
 
 from ..conf import SyncConfig
 from ..directory import Entry
-from ..directory.contentsync import ContentSyncUnavailable, CookieRefused, read_changes
+from ..directory.contentsync import (
+    ContentSyncUnavailable,
+    CookieRefused,
+    read_changes,
+)
 from ..directory.dirsync import DirSyncCookieRejected, DirSyncUnavailable
 from ..directory.readers import Scope, and_filter, read_entries
 from ..groups import GroupGraph
@@ -174,7 +178,7 @@ class FeedSteps:
             gone = set(groups.deletions(records.keys()))
             update = GroupUpdate(
                 records=records,
-                entries=dict(groups.changed),
+                entries=by_identity(groups.changed.values(), config),
                 deleted=gone,
                 gone=gone,
                 moved=moved_keys(stored_dns, renamed, changes.deleted_users),
@@ -284,6 +288,14 @@ class FeedSteps:
                 if guid := entry_guid(entry, identity):
                     found[guid] = entry
         return found
+
+
+def by_identity(entries: Iterable[Entry], config: MappingConfig) -> dict[str, Entry]:
+    """Entries by their identity attribute's value, the key of the stored records (a feed
+    names entries by its own ids: 389-DS's syncUUID spells nsUniqueId another way)."""
+    return {
+        guid: entry for entry in entries if (guid := entry_guid(entry, config.identity_attribute))
+    }
 
 
 def feed_scope(scope: str, settings: SyncConfig, config: MappingConfig) -> tuple[str, str]:

@@ -59,7 +59,9 @@ LOCK_FILE = RUN_PARENT / "adldap-389.lock"
 #: Free ports are taken from here (below the ephemeral range 32768-60999).
 PORT_RANGE = (20389, 32000)
 START_TIMEOUT = 60.0
-PLUGINS = ("MemberOf Plugin",)
+#: memberOf, as in most deployments; the retro changelog and Content Synchronization give the
+#: RFC 4533 change feed (LDAP_SYNC_CHANGE_TRACKING = "contentsync").
+PLUGINS = ("MemberOf Plugin", "Retro Changelog Plugin", "Content Synchronization")
 #: Users of the lab's "All Bulk" group kept in this directory (online adds, memberOf on).
 BULK_USERS = 100
 #: Operational attributes the reader must see (``targetattr="*"`` leaves them out).
@@ -181,6 +183,16 @@ def reader_aci() -> bytes:
     attrs = "||".join(("*", *READER_OPERATIONAL))
     return (
         f'(targetattr="{attrs}")(version 3.0; acl "adldap-auth lab reader"; '
+        f'allow (read, search, compare) userdn="ldap:///{ldif.READER_DN}";)'
+    ).encode()
+
+
+def changelog_aci() -> bytes:
+    """The Content Synchronization plugin reads the retro changelog with the searcher's own
+    rights: without read rights on ``cn=changelog`` a refresh advances its cookie and reports
+    no change at all."""
+    return (
+        f'(targetattr="*")(version 3.0; acl "adldap-auth lab reader: changelog"; '
         f'allow (read, search, compare) userdn="ldap:///{ldif.READER_DN}";)'
     ).encode()
 
@@ -331,6 +343,12 @@ sample_entries = no
                 f"cn={plugin},cn=plugins,cn=config",
                 [(ldap.MOD_REPLACE, "nsslapd-pluginEnabled", [b"on"])],
             )
+        # Content Synchronization finds a change's entry by the nsUniqueId the retro changelog
+        # records as targetUniqueId; without it a refresh reports no change.
+        conn.modify_s(
+            "cn=Retro Changelog Plugin,cn=plugins,cn=config",
+            [(ldap.MOD_ADD, "nsslapd-attribute", [b"nsuniqueid:targetUniqueId"])],
+        )
         conn.unbind_s()
 
     def _read_pid(self) -> int | None:
@@ -422,6 +440,7 @@ sample_entries = no
         try:
             if not self._exists(conn, ldif.PEOPLE_DN):
                 conn.modify_s(SUFFIX, [(ldap.MOD_ADD, "aci", [reader_aci(), self_aci()])])
+                conn.modify_s("cn=changelog", [(ldap.MOD_ADD, "aci", [changelog_aci()])])
                 for dn, attrs in ldif.base_entries()[1:]:
                     conn.add_s(dn, list(attrs.items()))
             for dn, attrs in ldif._ou_entries(spec):
