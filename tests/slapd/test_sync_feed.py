@@ -118,3 +118,42 @@ def test_an_unchanged_feed_after_a_run_that_died_rechecks_and_removes_nobody(mak
         assert result.counts["memberships_recheck_all"] == 1
         assert_matches_spec(server)
         assert not memberships_unsettled()
+
+
+@pytest.mark.parametrize("scope", ["users", "groups"])
+def test_a_connection_cut_mid_refresh_fails_the_run_and_the_next_one_loses_nothing(
+    make_slapd, scope
+):
+    """The connection drops in the middle of a refresh's messages (users' or groups'): the
+    run fails having written nothing and kept its cookies; the next run reads the changes."""
+    from urllib.parse import urlsplit
+
+    from adldap_auth.tracking import CONTENT_SYNC_OID
+    from tests.helpers import django_state
+    from tests.lab.cutting_proxy import CuttingProxy
+
+    server = make_slapd(spec=synthetic(users=400, groups=30, seed=6), overlays=FEED_OVERLAYS)
+    proxy = CuttingProxy(urlsplit(server.uri).port)
+    try:
+        settings = feed_settings(server, LDAP_SYNC_BIND_URI=proxy.uri)
+        with override_settings(**settings):
+            assert run_sync(SyncOptions(mode="full")).ok
+            cookies = SyncMarker.objects.get().feed_cookies
+            before = django_state()
+            new_spec, _ = mutate(server.spec, fraction_users=0.3, fraction_memberships=0.1, seed=7)
+            apply(server, new_spec)
+            # The users' refresh is the first sync search of a run; the groups' one names
+            # their object class.
+            marker = CONTENT_SYNC_OID.encode() if scope == "users" else b"groupOfNames"
+            proxy.cut_after(marker, keep=400)
+            failed = run_sync(SyncOptions(mode="incremental"))
+            assert proxy.cuts == 1
+            assert failed.status == "failed" and failed.error_kind == "IncompleteRead"
+            assert "content sync of" in failed.error and "stopped early" in failed.error
+            assert django_state() == before  # read before any write: nothing written
+            assert SyncMarker.objects.get().feed_cookies == cookies
+            again = run_sync(SyncOptions(mode="incremental"))
+            assert again.ok and again.mode == "incremental", again.error or again.mode_reason
+            assert_matches_spec(server)
+    finally:
+        proxy.close()
