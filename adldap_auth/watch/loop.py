@@ -97,6 +97,7 @@ class Watcher:
         self.history = BatchHistory()
         self.doorbell: Doorbell = Clock()
         self.backoff = 0.0
+        self.last_wait_rang = False  # the doorbell, not the clock, started the last batch
         self.next_full = self.started + _seconds_to_next_full(self.full_interval)
 
     def follow(self) -> WatchSummary:
@@ -163,13 +164,11 @@ class Watcher:
             return
         self.backoff = 0.0
         self.doorbell.close()
-        rung_for_nothing = result.counts.get("feed_unchanged") and self._last_wait_rang
+        rung_for_nothing = result.counts.get("feed_unchanged") and self.last_wait_rang
         self.doorbell = self._doorbell(result, after_refresh_only=bool(rung_for_nothing))
-        self._last_wait_rang = self.doorbell.wait(
+        self.last_wait_rang = self.doorbell.wait(
             self._bounded(self.interval), self.options.stop, tick
         )
-
-    _last_wait_rang = False
 
     def _bounded(self, seconds: float) -> float:
         if not self.options.duration:
