@@ -27,6 +27,9 @@ logger = logging.getLogger("adldap_auth.watch")
 #: The wait after a failed batch: doubled after each failure in a row, at most MAX_BACKOFF.
 FIRST_BACKOFF = 1.0
 MAX_BACKOFF = 300.0
+#: How often a waiting watch checks that it still holds the lock (and beats its heartbeat): a
+#: lost lock is noticed this soon, for one small query each time.
+LOCK_CHECK_SECONDS = 10.0
 #: Failures a later batch cannot fix: the watch ends (a restart after the fix resumes it).
 FATAL_ERRORS = frozenset({"LockLost", "ConfigError"})
 
@@ -98,6 +101,7 @@ class Watcher:
         self.doorbell: Doorbell = Clock()
         self.backoff = 0.0
         self.last_wait_rang = False  # the doorbell, not the clock, started the last batch
+        self.lock_checked = time.monotonic()
         self.next_full = self.started + _seconds_to_next_full(self.full_interval)
 
     def follow(self) -> WatchSummary:
@@ -152,7 +156,7 @@ class Watcher:
 
     def _wait(self, result: SyncResult) -> None:
         """Until the next batch: the back-off after a failure, else the doorbell."""
-        tick = self.lock.heartbeat
+        tick = self._check_lock
         if not result.ok:
             self.doorbell.close()
             self.doorbell = Clock()
@@ -169,6 +173,12 @@ class Watcher:
         self.last_wait_rang = self.doorbell.wait(
             self._bounded(self.interval), self.options.stop, tick
         )
+
+    def _check_lock(self) -> None:
+        """While waiting: the lock's check and heartbeat, every LOCK_CHECK_SECONDS."""
+        if time.monotonic() - self.lock_checked >= LOCK_CHECK_SECONDS:
+            self.lock.heartbeat()
+            self.lock_checked = time.monotonic()
 
     def _bounded(self, seconds: float) -> float:
         if not self.options.duration:

@@ -257,3 +257,20 @@ def test_a_connection_dropped_while_waiting_rings_and_the_watch_carries_on(make_
     assert summary.stopped_by == "stop" and results[-1].mode == "incremental"
     with override_settings(**feed_settings(server)):
         assert_matches_spec(server)
+
+
+def test_a_waiting_watch_checks_its_lock_every_few_seconds_not_at_every_poll(make_slapd):
+    """A watch waits most of its life: one lock query per poll (twice a second) would be
+    170,000 a day. While it waits 3 s it checks the lock at most once."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    server = make_slapd(spec=synthetic(users=20, groups=3, seed=9), overlays=FEED_OVERLAYS)
+    with override_settings(**feed_settings(server)):
+        assert run_sync(SyncOptions(mode="full")).ok
+        with CaptureQueriesContext(connection) as queries:
+            summary = watch(WatchOptions(interval=3, max_batches=2))
+    lock_queries = [q["sql"] for q in queries.captured_queries if "synclock" in q["sql"]]
+    assert summary.batches == 2
+    # taking and releasing the lock, and the batches' own checks: 6 on SQLite
+    assert len(lock_queries) <= 8, lock_queries
