@@ -18,6 +18,7 @@ from ldap.controls import KNOWN_RESPONSE_CONTROLS, RequestControl, ResponseContr
 from ldap.dn import str2dn
 
 from . import DirectoryError, IncompleteRead
+from .ber import ber_read
 from .connection import INCOMPLETE_ERRORS, DirectorySession, error_text, scrubbed
 from .decoding import guid_to_str
 
@@ -89,29 +90,14 @@ def encode_request_value(flags: int, max_bytes: int, cookie: bytes) -> bytes:
     return b"\x30" + _ber_length(len(body)) + body
 
 
-def _ber_read(data: bytes, pos: int, tag: int) -> tuple[bytes, int]:
-    """The content of the TLV at ``pos`` (which must carry ``tag``) and the position after it."""
-    if pos + 2 > len(data) or data[pos] != tag:
-        raise ValueError(f"expected BER tag 0x{tag:02x} at offset {pos}")
-    length, pos = data[pos + 1], pos + 2
-    if length & 0x80:
-        count = length & 0x7F
-        if count == 0 or count > 4 or pos + count > len(data):
-            raise ValueError(f"unsupported BER length at offset {pos - 1}")
-        length, pos = int.from_bytes(data[pos : pos + count], "big"), pos + count
-    if pos + length > len(data):
-        raise ValueError("BER value is truncated")
-    return data[pos : pos + length], pos + length
-
-
 def decode_response_value(data: bytes) -> tuple[int, int, bytes]:
     """``(moreResults, unused, cookie)`` from the BER of the response control's value."""
-    body, end = _ber_read(data, 0, 0x30)
+    body, end = ber_read(data, 0, 0x30)
     if end != len(data):
         raise ValueError("trailing bytes after the DirSync response value")
-    more, pos = _ber_read(body, 0, 0x02)
-    unused, pos = _ber_read(body, pos, 0x02)
-    cookie, pos = _ber_read(body, pos, 0x04)
+    more, pos = ber_read(body, 0, 0x02)
+    unused, pos = ber_read(body, pos, 0x02)
+    cookie, pos = ber_read(body, pos, 0x04)
     if pos != len(body) or not more or not unused:
         raise ValueError("malformed DirSync response value")
     return (
