@@ -62,9 +62,9 @@ def tables(expected: dict[str, Any], now: Any, server: str) -> list[Table]:
         ),
         Table(
             "adldap_auth_directoryuser",
-            ("user_id", "guid", "dn", "server", "object_sid", "photo_digests", "first_seen",
-             "last_changed", "removal_reason"),
-            [(user_ids[key], guid, dn, server, "", "{}", now, now, "")
+            ("user_id", "guid", "dn", "server", "object_sid", "primary_group_sid",
+             "photo_digests", "first_seen", "last_changed", "removal_reason"),
+            [(user_ids[key], guid, dn, server, "", "", "{}", now, now, "")
              for key, guid, dn, _department, _title in links],
         ),
         Table(
