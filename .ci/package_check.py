@@ -107,6 +107,7 @@ def source_copy(target: Path) -> Path:
             name
             for name in names
             if (top and name in NOT_SOURCE)
+            or (Path(folder).resolve() == ROOT / "benchmarks" and name == "out")  # runs' output
             or name == "__pycache__"
             or name.endswith((".egg-info", ".pyc"))
         }

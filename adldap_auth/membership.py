@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.core.cache import cache
@@ -99,23 +99,42 @@ def group_scope_guids(session: DirectorySession, config: MappingConfig) -> set[s
     }
 
 
-def group_scope_rule(
-    session: DirectorySession, config: MappingConfig
-) -> Callable[[str, str], bool]:
+class GroupScopeRule:
     """Whether a group of the membership scope (guid, DN) is in the group scope: by its DN
     when both scopes use one filter (the usual case: no extra search), else by one id-only
-    read of the group scope."""
-    groups, members = group_scope(), membership_scope(config)
-    if groups.filterstr.strip() == members.filterstr.strip():
-        if normalize_dn(groups.base) != normalize_dn(members.base):
-            # The group base is not searched itself: one base-scope read fails the run, as
-            # the id read did, when it is missing (a typo) or a referral, instead of finding
-            # no group in scope.
-            for _entry in session.search(groups.base, "(objectClass=*)", ["1.1"], scope=SCOPE_BASE):
+    read of the group scope.
+
+    By DN, a group base that does not exist (a typo) or is a referral would read as a group
+    scope without groups, so every managed group would leave it. :meth:`confirm_base` makes
+    one base read of the group base, which fails the run then; it costs nothing once a group
+    was found inside the base."""
+
+    def __init__(self, session: DirectorySession, config: MappingConfig) -> None:
+        groups, members = group_scope(), membership_scope(config)
+        self.session = session
+        self.base = groups.base
+        self.by_dn = groups.filterstr.strip() == members.filterstr.strip()
+        self.base_confirmed = not self.by_dn or normalize_dn(groups.base) == normalize_dn(
+            members.base
+        )
+        self.ids = None if self.by_dn else group_scope_guids(session, config)
+
+    def __call__(self, guid: str, dn: str) -> bool:
+        if self.ids is not None:
+            return guid in self.ids
+        inside = is_under(dn, self.base)
+        self.base_confirmed = self.base_confirmed or inside
+        return inside
+
+    def confirm_base(self) -> None:
+        """Raise :class:`~adldap_auth.directory.IncompleteRead` unless the group base exists
+        (read only when no group was found inside it)."""
+        if not self.base_confirmed:
+            for _entry in self.session.search(
+                self.base, "(objectClass=*)", ["1.1"], scope=SCOPE_BASE
+            ):
                 pass
-        return lambda _guid, dn: is_under(dn, groups.base)
-    found = group_scope_guids(session, config)
-    return lambda guid, _dn: guid in found
+            self.base_confirmed = True
 
 
 def read_groups(
@@ -127,7 +146,7 @@ def read_groups(
     ``in_scope`` set. Raises :class:`~adldap_auth.directory.DirectoryError` on any
     incomplete read, like every reader."""
     groups, members = group_scope(), membership_scope(config)
-    in_scope = group_scope_rule(session, config)
+    in_scope = GroupScopeRule(session, config)
     attributes = [*group_attribute_list(config), *extra_attributes]
     ranged = [config.member_attribute]
     seen: set[str] = set()
@@ -148,6 +167,7 @@ def read_groups(
                 continue
             record.in_scope = scope is groups or in_scope(record.guid, entry.dn)
             yield GroupRead(entry, guid, record)
+    in_scope.confirm_base()  # before the caller writes anything
 
 
 _LIVE_KEY = "adldap_auth:live-graph"

@@ -36,7 +36,7 @@ from ..groups import GroupGraph
 from ..mapping import GroupRecord, MappingConfig, SkipEntry, entry_guid, map_group
 from ..mapping.attribute_lists import group_attribute_list, user_attribute_list
 from ..mapping.values import normalize_dn
-from ..membership import group_scope_rule, membership_scope
+from ..membership import GroupScopeRule, membership_scope
 from ..models import DirectoryUser
 from ..nesting import stored_group_records
 from ..resync import identity_filter
@@ -243,7 +243,7 @@ class FeedSteps:
     ) -> set[str]:
         """Map the changed groups into ``records``; return their guids."""
         changed: set[str] = set()
-        in_scope = group_scope_rule(self.session, config)
+        in_scope = GroupScopeRule(self.session, config)
         for entry in entries.values():
             guid = entry_guid(entry, config.identity_attribute)
             if guid is None:
@@ -257,6 +257,8 @@ class FeedSteps:
                 records.pop(guid, None)
                 continue
             record.in_scope = in_scope(guid, entry.dn)
+            if not record.in_scope:
+                in_scope.confirm_base()
             records[guid] = record
         return changed
 

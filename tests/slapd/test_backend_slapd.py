@@ -128,12 +128,10 @@ def test_search_count_cold_and_warm_group_cache(slapd_lab):
             assert authenticate(username="alice", password=LAB_PASSWORD) is not None
         with SearchSpy().active() as warm:
             assert authenticate(username="alice", password=LAB_PASSWORD) is not None
-    # No batch run yet: the user search, the group graph read live (a base read of the group
-    # scope's base, which must exist; the membership scope, one page: the group scope is told
-    # by DN, both scopes having one filter), the user's direct groups; then the graph is cached.
-    assert [base for base, _, _ in cold.calls] == [
-        ldif.PEOPLE_DN, ldif.GROUPS_DN, ldif.BASE_DN, ldif.BASE_DN
-    ]  # fmt: skip
+    # No batch run yet: the user search, the group graph read live (the membership scope, one
+    # page; the group scope is told by DN, both scopes having one filter, and its base exists
+    # since groups were found in it), the user's direct groups; then the graph is cached.
+    assert [base for base, _, _ in cold.calls] == [ldif.PEOPLE_DN, ldif.BASE_DN, ldif.BASE_DN]
     assert [base for base, _, _ in warm.calls] == [ldif.PEOPLE_DN, ldif.BASE_DN]
 
 
@@ -142,7 +140,7 @@ def test_cache_timeout_zero_reads_the_graph_at_every_login(slapd_lab):
         for _ in range(2):
             with SearchSpy().active() as spy:
                 assert authenticate(username="alice", password=LAB_PASSWORD) is not None
-            assert spy.count == 4  # the user, the group base, the membership scope, direct groups
+            assert spy.count == 3  # the user, the membership scope, the direct groups
 
 
 def test_nesting_changes_reach_logins_after_the_cache_timeout(make_slapd):
@@ -279,8 +277,8 @@ def test_explicit_auth_ldap_settings_win(slapd_lab):
     assert user.first_name == "Doe, John (IT)"  # the site's USER_ATTR_MAP, applied last
     assert user.last_name == "Doe" and user.employee.department == "IT"  # the mapper's
     # The site's search (decoded, lower-cased DN) is read again with the mapper's attributes;
-    # then the group graph (the group base, the membership scope) and the direct groups.
-    assert len(spy.calls) == 5
+    # then the group graph (the membership scope) and the direct groups.
+    assert len(spy.calls) == 4
     assert DirectoryUser.objects.get(user=user).dn == slapd_lab.user_dn("jdoe")
 
 
@@ -320,8 +318,8 @@ def test_require_and_deny_group_and_flags_use_the_recursive_groups(slapd_lab):
     assert alice.is_staff and not carol.is_superuser
     assert erin is None
     assert carol.is_staff
-    # the group graph once (the group base, one page); per login the user and direct groups
-    assert spy.count == 2 + 3 * 2
+    # the group graph once (one page); per login the user and the direct groups
+    assert spy.count == 1 + 3 * 2
 
 
 # -- races with a batch run ------------------------------------------------------------------
