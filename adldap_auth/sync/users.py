@@ -67,7 +67,8 @@ class UserSteps:
             self._report_record_problems(batch)
             outcomes = store.sync_users(batch)
             self.report.counts["users_seen"] += len(batch)
-            self.synced_user_guids.update(r.guid for r in batch)
+            if self.mode == INCREMENTAL:  # only its recheck asks (a million guids in a full run)
+                self.synced_user_guids.update(r.guid for r in batch)
             if s.GROUP_MEMBERSHIP:
                 store.sync_memberships(planner.desired(outcomes), planner.managed)
             self._remove_disabled(store, batch)
