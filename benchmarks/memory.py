@@ -95,7 +95,15 @@ class Probe:
         return wrapper
 
     def report(self) -> dict[str, Any]:
-        return {"start_rss_mb": self.start_rss_kb / 1024, "phases": self.phases}
+        """The phases, and the process's peak: VmHWM is reset at each step's start, so the
+        process's own high-water mark is the largest of the steps' and of the time since."""
+        peaks = [p["rss_peak_mb"] for p in self.phases if p["rss_peak_mb"] is not None]
+        peak = max([*peaks, _status_kb("VmHWM") / 1024])
+        return {
+            "start_rss_mb": self.start_rss_kb / 1024,
+            "peak_rss_mb": peak,
+            "phases": self.phases,
+        }
 
 
 def _top_lines(limit: int = 8) -> list[str]:
@@ -209,9 +217,10 @@ def run(size: Any, rows: list[str], trace: bool, check: bool, workdir: Path) -> 
                 f"{size.label} {row}",
             )  # fmt: skip
             correctness = harness.check_database(db, expected) if expected else "not checked"
+            peak = child.data["memory_phases"]["peak_rss_mb"]  # the child's VmHWM was reset
             out += [
                 "",
-                f"**{row}**: {child.data['seconds']:.1f} s, peak RSS {child.rss_mb:.0f} MB, "
+                f"**{row}**: {child.data['seconds']:.1f} s, peak RSS {peak:.0f} MB, "
                 f"correctness {correctness}; counts {json.dumps(child.data.get('counts', {}))}",
                 "",
                 render(row, child.data["memory_phases"]),
