@@ -18,7 +18,10 @@ groups (and primary group) when two users or more have that set, which is common
 directories; a user with a set of their own gets a fresh answer that nothing retains.
 
 Memory is the sum of the ancestor-set sizes, which is small for real directories (nesting a
-few levels deep) but quadratic for a pathological chain thousands of groups long.
+few levels deep) but quadratic for a pathological chain thousands of groups long, plus one
+string per member key (interned: the groups listing a user share it with the user's own
+member key) and one tuple of group indices per user (1,000,000 users in 100,000 groups: about
+530 MB of resident memory, see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from sys import intern
 
 from .mapping import GroupRecord, normalize_dn
 
@@ -78,7 +82,7 @@ class GroupGraph:
         sid_index: dict[str, str] = {}
         for i, guid in enumerate(guids):
             record = records[guid]
-            dn_index[normalize_dn(record.dn)] = i
+            dn_index[intern(normalize_dn(record.dn))] = i
             if record.object_sid:
                 sid_index[record.object_sid] = guid
         self._dn_index = dn_index
@@ -89,7 +93,13 @@ class GroupGraph:
         user_direct: defaultdict[str, list[int]] = defaultdict(list)
         find_group = dn_index.get
         for i, guid in enumerate(guids):
-            for key in records[guid].member_keys:
+            member_keys = records[guid].member_keys
+            # One string object per member key, whatever the number of groups listing it (and
+            # the same one as the users' member keys, see mapping.member_key_of): at 1,000,000
+            # users in 5 groups each, five copies of every user DN would be most of the graph.
+            if isinstance(member_keys, list):
+                member_keys[:] = map(intern, member_keys)
+            for key in member_keys:
                 child = find_group(key)
                 if child is None:
                     user_direct[key].append(i)
@@ -98,12 +108,13 @@ class GroupGraph:
         self._parents = parents
         self._children: list[list[int]] | None = None
 
-        # Users' direct group sets, interned: users with the same direct groups share one set.
-        interned: dict[frozenset[int], frozenset[int]] = {}
-        sharing: dict[frozenset[int], int] = {}
-        self._user_direct: dict[str, frozenset[int]] = {}
+        # Users' direct groups as sorted tuples of indices (a frozenset of five costs twice as
+        # much), interned: users with the same direct groups share one tuple.
+        interned: dict[tuple[int, ...], tuple[int, ...]] = {}
+        sharing: dict[tuple[int, ...], int] = {}
+        self._user_direct: dict[str, tuple[int, ...]] = {}
         for key, indices in user_direct.items():
-            direct = frozenset(indices)
+            direct = tuple(sorted(set(indices)))
             direct = interned.setdefault(direct, direct)
             sharing[direct] = sharing.get(direct, 0) + 1
             self._user_direct[key] = direct
@@ -113,7 +124,7 @@ class GroupGraph:
         del interned, sharing, user_direct
 
         self._component, self._ancestors = _closure(guids, parents)
-        self._cache: dict[tuple[frozenset[int], int | None], frozenset[str]] = {}
+        self._cache: dict[tuple[tuple[int, ...], int | None], frozenset[str]] = {}
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -197,9 +208,7 @@ class GroupGraph:
         """The groups of ``guids`` that Django manages: those of the group scope, and with
         ``LDAP_SYNC_GROUP_MEMBERSHIP_CREATE_IF_NOT_EXISTS`` every group of the graph."""
         records = self._records
-        return [
-            g for g in guids if g in records and (create_outside_scope or records[g].in_scope)
-        ]
+        return [g for g in guids if g in records and (create_outside_scope or records[g].in_scope)]
 
     def members_affected_by(self, group_guids: Iterable[str]) -> set[str]:
         """User keys whose :meth:`groups_for` may include any of these groups.
@@ -237,13 +246,15 @@ class GroupGraph:
         guids = self._guids
         return sorted({guids[i] for i in self._parents[self._guid_index[group_guid]]})
 
+    def nesting_of(self, group_guid: str) -> Nesting:
+        """A group's :class:`Nesting` (``KeyError`` for an unknown guid), built on demand:
+        the batch run streams them to the database rather than holding them all."""
+        keys = sorted(self._records[group_guid].member_keys)
+        return Nesting(keys, member_digest(keys), self.parent_guids(group_guid))
+
     def nesting(self) -> dict[str, Nesting]:
-        """Every group's :class:`Nesting`, to be stored by the batch run."""
-        result = {}
-        for guid, record in self._records.items():
-            keys = sorted(record.member_keys)
-            result[guid] = Nesting(keys, member_digest(keys), self.parent_guids(guid))
-        return result
+        """Every group's :class:`Nesting`."""
+        return {guid: self.nesting_of(guid) for guid in self._records}
 
     def without_users(self) -> GroupGraph:
         """The same graph with group member keys only: what a login walks up, at a fraction
@@ -309,7 +320,7 @@ def changed_nesting(
     return moved, user_keys, unknown
 
 
-_EMPTY: frozenset[int] = frozenset()
+_EMPTY: tuple[int, ...] = ()
 _NO_GROUPS: frozenset[str] = frozenset()
 
 

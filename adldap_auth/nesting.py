@@ -20,6 +20,8 @@ per-process one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Iterable
 
@@ -79,44 +81,29 @@ def write_nesting(graph: GroupGraph) -> int:
     """Make the stored groups equal ``graph`` and settle the state (:func:`mark_unsettled`);
     return how many rows were written.
 
-    An unchanged group costs no write: rows are compared field by field (member lists by
-    digest). One transaction, so a login never sees half of a new nesting.
+    An unchanged group costs no write: rows are compared field by field (through a
+    fingerprint of each stored row, member lists by digest). One transaction, so a login never
+    sees half of a new nesting. Streamed: only guids, fingerprints and one batch of rows are
+    held at a time (100,000 groups' rows with their member lists would be hundreds of MB).
     """
-    nesting = graph.nesting()
-    stored = {
-        row[0]: row
-        for row in GroupNode.objects.values_list(
+    stored: dict[str, tuple[int, bytes]] = {
+        guid: (pk, _fingerprint(dn, sid, fields, in_scope, digest, parents))
+        for guid, pk, dn, sid, fields, in_scope, digest, parents in GroupNode.objects.values_list(
             "guid", "pk", "dn", "object_sid", "fields", "in_scope", "member_digest", "parent_guids"
-        )
+        ).iterator(chunk_size=_WRITE_BATCH)
     }
-    new: list[GroupNode] = []
-    changed: list[GroupNode] = []
-    for record in graph.records():
-        place = nesting[record.guid]
-        node = GroupNode(
-            guid=record.guid,
-            dn=record.dn,
-            object_sid=record.object_sid or "",
-            fields={**record.fields, "name": record.name},
-            in_scope=record.in_scope,
-            member_keys=place.member_keys,
-            member_digest=place.digest,
-            parent_guids=place.parent_guids,
-        )
+    new: list[str] = []
+    changed: list[tuple[str, int]] = []  # (guid, pk)
+    for record in graph:
         row = stored.pop(record.guid, None)
         if row is None:
-            new.append(node)
-        elif row[2:] != (
-            node.dn,
-            node.object_sid,
-            node.fields,
-            node.in_scope,
-            node.member_digest,
-            node.parent_guids,
-        ):
-            node.pk = row[1]
-            changed.append(node)
-    gone = [row[1] for row in stored.values()]
+            new.append(record.guid)
+            continue
+        place = graph.nesting_of(record.guid)
+        if row[1] != _fingerprint(*_node_values(record, place.digest, place.parent_guids)):
+            changed.append((record.guid, row[0]))
+    gone = [pk for pk, _fingerprint_ in stored.values()]
+    del stored
     if not (new or changed or gone):
         if not has_stored_nesting():
             _set_version()
@@ -126,10 +113,45 @@ def write_nesting(graph: GroupGraph) -> int:
     with transaction.atomic():
         for start in range(0, len(gone), _WRITE_BATCH):
             GroupNode.objects.filter(pk__in=gone[start : start + _WRITE_BATCH]).delete()
-        GroupNode.objects.bulk_create(new, batch_size=_WRITE_BATCH)
-        _update_rows(changed)
+        for start in range(0, len(new), _WRITE_BATCH):
+            nodes = [_node(graph, guid) for guid in new[start : start + _WRITE_BATCH]]
+            GroupNode.objects.bulk_create(nodes)
+        for start in range(0, len(changed), _WRITE_BATCH):
+            _update_rows([_node(graph, g, pk) for g, pk in changed[start : start + _WRITE_BATCH]])
         _set_version()
     return len(new) + len(changed) + len(gone)
+
+
+def _node_values(record: GroupRecord, digest: str, parent_guids: list[str]) -> tuple:
+    """The compared fields of a group's row: dn, object_sid, fields, in_scope, member_digest,
+    parent_guids."""
+    fields = {**record.fields, "name": record.name}
+    return record.dn, record.object_sid or "", fields, record.in_scope, digest, parent_guids
+
+
+def _fingerprint(dn: str, sid: str, fields: dict, in_scope: bool, digest: str, parents) -> bytes:
+    """The compared fields of a row, hashed (16 bytes instead of the row)."""
+    text = json.dumps([dn, sid, fields, in_scope, digest, list(parents)], sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _node(graph: GroupGraph, guid: str, pk: int | None = None) -> GroupNode:
+    record = graph.by_guid(guid)
+    place = graph.nesting_of(guid)
+    dn, sid, fields, in_scope, digest, parents = _node_values(
+        record, place.digest, place.parent_guids
+    )
+    return GroupNode(
+        pk=pk,
+        guid=guid,
+        dn=dn,
+        object_sid=sid,
+        fields=fields,
+        in_scope=in_scope,
+        member_keys=place.member_keys,
+        member_digest=digest,
+        parent_guids=parents,
+    )
 
 
 def _update_rows(nodes: list[GroupNode]) -> None:
@@ -139,8 +161,8 @@ def _update_rows(nodes: list[GroupNode]) -> None:
         return
     connection = connections[router.db_for_write(GroupNode)]
     opts = GroupNode._meta
-    names = ("dn", "object_sid", "fields", "in_scope", "member_keys", "member_digest", "parent_guids")
-    fields = [opts.get_field(name) for name in names]
+    names = ["dn", "object_sid", "fields", "in_scope", "member_keys", "member_digest"]
+    fields = [opts.get_field(name) for name in [*names, "parent_guids"]]
     quote = connection.ops.quote_name
     assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
     sql = f"UPDATE {quote(opts.db_table)} SET {assignments} WHERE {quote(opts.pk.column)} = %s"

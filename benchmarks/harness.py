@@ -73,11 +73,13 @@ class Size:
 
 
 def _short(number: int) -> str:
+    if number >= 1_000_000 and number % 1_000_000 == 0:
+        return f"{number // 1_000_000}m"
     return f"{number // 1000}k" if number >= 1000 and number % 1000 == 0 else str(number)
 
 
 def parse_sizes(text: str) -> list[Size]:
-    """``1k,10k,100k`` (groups = users / 10) or explicit ``200/20``."""
+    """``1k,10k,100k,1m`` (groups = users / 10) or explicit ``200/20``."""
     sizes = []
     for part in text.split(","):
         part = part.strip().lower()
@@ -92,6 +94,8 @@ def parse_sizes(text: str) -> list[Size]:
 
 def _number(text: str) -> int:
     text = text.strip().lower()
+    if text.endswith("m"):
+        return int(float(text[:-1]) * 1_000_000)
     if text.endswith("k"):
         return int(float(text[:-1]) * 1000)
     return int(text)

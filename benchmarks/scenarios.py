@@ -303,6 +303,11 @@ def main(path: str) -> None:
     with open(path, encoding="utf-8") as handle:
         config = json.load(handle)
     _setup(config)
+    probe = None
+    if config.get("memory") is not None:  # memory by phase: benchmarks/memory.py
+        from benchmarks import memory
+
+        probe = memory.install(config["memory"])
     if config.get("profile"):
         _profile_start(config)
     counters = Counters()
@@ -329,6 +334,8 @@ def main(path: str) -> None:
         "spy_searches": counters.searches,
         **extra,
     }
+    if probe is not None:
+        result["memory_phases"] = probe.report()
     with open(config["result"], "w", encoding="utf-8") as handle:
         json.dump(result, handle)
 

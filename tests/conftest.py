@@ -25,6 +25,7 @@ DATABASE_SENSITIVE = {
     "tests/slapd/test_backend_slapd.py": "the slapd-only logins: the same writes and races",
     "tests/samba/test_backend_samba.py": "the AD-only logins (samba: listed, never marked)",
     "tests/slapd/test_backend_django_auth_ldap.py": "django-auth-ldap's user and group writes",
+    "tests/unit/test_nesting_rows.py": "the stored nesting's JSON rows, bulk inserts, updates",
     "tests/slapd/test_bad_input.py": "over-long and odd values against real column limits",
     "tests/slapd/test_case_insensitive_names.py": "MariaDB's case-insensitive collation",
     "tests/slapd/test_custom_user_models.py": "other user tables and group join tables",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from sys import intern
 
 from ..directory import Entry
 from .config import MappingConfig
@@ -110,7 +111,7 @@ def _member_keys(values: Iterable[bytes], config: MappingConfig, problems: list[
                 text = _OPTIONAL_UID.sub("", text)
             key = normalize_dn(text)
         if key:
-            member_keys[key] = None
+            member_keys[intern(key)] = None  # one object per key in a run (GroupGraph)
     if undecodable:
         problems.append(
             f"{undecodable} value(s) of attribute {config.member_attribute} are not valid UTF-8; "

@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from functools import lru_cache
+from sys import intern
 from typing import TYPE_CHECKING
 
 import ldap
@@ -221,8 +222,10 @@ def member_key_of(entry: Entry, config: MappingConfig) -> str:
             value = entry.text(username_attribute(config)) or ""
         except UnicodeDecodeError:  # map_user skips the entry and says why
             return ""
-        return value.lower()
-    return normalize_dn(entry.dn)
+        return intern(value.lower())
+    # Interned: the same string object as the group member values naming this entry
+    # (group_entries), so that a run holding both keeps one copy of each key.
+    return intern(normalize_dn(entry.dn))
 
 
 def primary_group_sid_of(entry: Entry) -> str | None:

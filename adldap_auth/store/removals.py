@@ -4,7 +4,7 @@ LDAP_SYNC_REMOVAL_GRACE is over."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from datetime import timedelta
 from typing import Any
 
@@ -15,21 +15,25 @@ from ..models import DirectoryGroup, DirectoryUser
 from ..sessions import end_sessions
 from .memberships import MembershipTable
 
+#: Rows fetched at a time when every link is compared with the run's present guids.
+_CHUNK = 2000
+
 
 class RemovalsMixin:
     """The removal methods of :class:`~adldap_auth.store.Store`, whose state and shared
     helpers are in ``core``."""
 
-    def removal_candidates(self, present_guids: set[str]) -> list[DirectoryUser]:
+    def removal_candidates(self, present_guids: Set[str]) -> list[DirectoryUser]:
         """Linked, not yet removed users whose entry was not found in the run's scope."""
         active = DirectoryUser.objects.filter(removed_at__isnull=True)
-        missing = [pk for pk, guid in active.values_list("pk", "guid") if guid not in present_guids]
+        rows = active.values_list("pk", "guid").iterator(chunk_size=_CHUNK)  # not 1M rows at once
+        missing = [pk for pk, guid in rows if guid not in present_guids]
         if not missing:
             return []
         return list(DirectoryUser.objects.select_related("user").filter(pk__in=missing))
 
     def forget_gone_disabled_users(
-        self, present_guids: set[str], managed_group_ids: set[int]
+        self, present_guids: Set[str], managed_group_ids: set[int]
     ) -> None:
         """Users removed because their entry was disabled, whose entry is now gone: they lose
         their managed memberships like any user gone from the directory (no callback runs
@@ -37,7 +41,8 @@ class RemovalsMixin:
         disabled = DirectoryUser.objects.filter(
             removed_at__isnull=False, removal_reason=DirectoryUser.REASON_DISABLED
         )
-        gone = [pk for pk, guid in disabled.values_list("pk", "guid") if guid not in present_guids]
+        rows = disabled.values_list("pk", "guid").iterator(chunk_size=_CHUNK)
+        gone = [pk for pk, guid in rows if guid not in present_guids]
         for link in DirectoryUser.objects.select_related("user").filter(pk__in=gone):
             username = getattr(link.user, self.username_field)
             self.report.change(f"forget user {username!r} (gone from the directory)")

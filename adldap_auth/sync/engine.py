@@ -297,8 +297,9 @@ class SyncEngine(UserSteps, RemovalSteps, DirSyncSteps):
                 self._resync_affected_memberships(
                     store, planner, present_users, changed_groups, before
                 )
-            self._remove_missing(store, set(present_users))
-            self._delete_after_grace(store, set(present_users))
+            present_guids = present_users.keys()  # a set view: no copy of a million guids
+            self._remove_missing(store, present_guids)
+            self._delete_after_grace(store, present_guids)
             present_groups |= planner.created
         if s.GROUP:
             store.remove_groups(present_groups, s.GROUP_REMOVAL_ACTION, s.REMOVAL_GRACE)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Set
 
 from django.utils import timezone
 
@@ -34,7 +34,7 @@ class RemovalSteps:
         )
         store.remove_users(links, self._removed_callbacks(), DirectoryUser.REASON_DISABLED)
 
-    def _remove_missing(self, store: Store, present: set[str]) -> None:
+    def _remove_missing(self, store: Store, present: Set[str]) -> None:
         """The removals held back until the whole scope was read, if it is safe to make them:
         the memberships the batches found gone (see ``defer_membership_removals`` of
         :class:`~adldap_auth.store.Store`), then the removal callbacks for linked users gone
@@ -73,7 +73,7 @@ class RemovalSteps:
             first_step.insert(callbacks.index(removed_user_delete), removed_user_deactivate)
         return first_step
 
-    def _delete_after_grace(self, store: Store, present: set[str]) -> None:
+    def _delete_after_grace(self, store: Store, present: Set[str]) -> None:
         """LDAP_SYNC_REMOVAL_GRACE: the delete callback, for users removed (deactivated) longer
         ago than the grace period and still gone, or still disabled.
 

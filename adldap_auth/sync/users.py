@@ -67,7 +67,8 @@ class UserSteps:
             self._report_record_problems(batch)
             outcomes = store.sync_users(batch)
             self.report.counts["users_seen"] += len(batch)
-            self.synced_user_guids.update(r.guid for r in batch)
+            if self.mode == INCREMENTAL:  # only its recheck asks (a million guids in a full run)
+                self.synced_user_guids.update(r.guid for r in batch)
             if s.GROUP_MEMBERSHIP:
                 store.sync_memberships(planner.desired(outcomes), planner.managed)
             self._remove_disabled(store, batch)
@@ -97,7 +98,7 @@ class UserSteps:
                 # Even a malformed entry is present: its Django user must never be removed.
                 present[guid] = (member_key_of(entry, config), primary_group_sid_of(entry))
             try:
-                yield map_user(entry, config)
+                record = map_user(entry, config)
             except SkipEntry as skip:
                 if skip.exempt:
                     logger.debug("user %s skipped: %s", entry.dn, skip)
@@ -105,6 +106,12 @@ class UserSteps:
                 else:
                     self.report.problem("user %s skipped: %s", entry.dn, skip)
                     self.report.counts["users_skipped"] += 1
+            else:
+                if record.guid == guid:
+                    # One string for the present guid and the one the store keeps (claimed
+                    # usernames): two per user of a million-user run otherwise.
+                    record.guid = guid
+                yield record
             self._progress("users", len(present))
 
     def _sweep_users(self, config) -> dict[str, tuple[str, str | None]]:

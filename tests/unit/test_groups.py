@@ -386,3 +386,14 @@ def test_nesting_is_sorted_members_digest_and_parents():
     assert names(nesting["guid-Cycle A"].parent_guids) == {"Cycle B"}
     assert nesting["guid-Everyone"].parent_guids == []
     assert member_digest(["a", "b"]) != member_digest(["a", "c"])
+
+
+def test_a_member_key_is_one_string_in_every_group_listing_it():
+    """At a million users, one copy per listing group would be most of the graph's memory."""
+    sales, staff = group("Sales", "carol", "dave"), group("Staff", "carol")
+    assert sales.member_keys[0] is not staff.member_keys[0]  # two equal strings read apart
+    graph = GroupGraph([sales, staff])
+    carol = [graph.by_guid(g).member_keys[0] for g in ("guid-Sales", "guid-Staff")]
+    assert carol[0] == user_key("carol") and carol[0] is carol[1]
+    assert names(graph.groups_for(user_key("carol"))) == {"Sales", "Staff"}
+    assert graph.nesting_of("guid-Sales") == graph.nesting()["guid-Sales"]
