@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.db import DatabaseError
 from django.utils import timezone
 
 from ..conf import ConfigError, get_config
@@ -19,6 +20,7 @@ from ..models import SyncMarker, SyncRun
 from ..sync import FULL, INCREMENTAL, SyncEngine, SyncOptions, SyncResult, close_interrupted_runs
 from ..sync.feed import feed_scope
 from ..tracking import CONTENT_SYNC, FEED_SCOPES
+from . import database
 from .doorbells import Clock, Doorbell, PersistentSearch
 from .history import BatchHistory, changed_anything
 
@@ -137,7 +139,16 @@ class Watcher:
 
     def _batch(self) -> SyncResult:
         mode = FULL if time.monotonic() >= self.next_full else INCREMENTAL
-        result = SyncEngine(SyncOptions(mode=mode), heartbeat=self.lock.heartbeat).run()
+        database.drop_stale_connections()
+        try:
+            result = SyncEngine(SyncOptions(mode=mode), heartbeat=self.lock.heartbeat).run()
+        except DatabaseError as error:
+            # Not even the run record could be written (the database restarted, a proxy
+            # dropped an idle connection): a failed batch, retried with the back-off on a
+            # new connection, rather than the end of the watch.
+            logger.error("watch batch could not use the database: %s", error)
+            database.close_connections()
+            result = database.failed_batch(mode, error)
         summary = self.summary
         summary.batches += 1
         summary.last = result

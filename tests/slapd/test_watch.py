@@ -274,3 +274,27 @@ def test_a_waiting_watch_checks_its_lock_every_few_seconds_not_at_every_poll(mak
     assert summary.batches == 2
     # taking and releasing the lock, and the batches' own checks: 6 on SQLite
     assert len(lock_queries) <= 8, lock_queries
+
+
+def test_a_database_that_fails_between_batches_costs_one_failed_batch(make_slapd, monkeypatch):
+    """The database goes away while the watch waits (a restart, an idle connection dropped):
+    the next batch cannot even write its run record. It counts as a failed batch, backs
+    off, and the one after it runs; before, the error ended the watch."""
+    from django.db import OperationalError
+    from django.db.models import QuerySet
+
+    server = make_slapd(spec=synthetic(users=20, groups=3, seed=10), overlays=FEED_OVERLAYS)
+    original = QuerySet.create
+    calls = []
+
+    def create(self, **kwargs):
+        calls.append(self.model)
+        if self.model is SyncRun and sum(1 for m in calls if m is SyncRun) == 2:
+            raise OperationalError("server closed the connection unexpectedly")
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "create", create)
+    with override_settings(**feed_settings(server)):
+        summary = watch(WatchOptions(interval=0.05, max_batches=3))
+    assert summary.failed == 1 and summary.stopped_by == "max_batches", summary
+    assert summary.last.ok and summary.last.mode == "incremental"
