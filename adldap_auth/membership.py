@@ -167,7 +167,8 @@ def read_groups(
                 continue
             record.in_scope = scope is groups or in_scope(record.guid, entry.dn)
             yield GroupRead(entry, guid, record)
-    in_scope.confirm_base()  # before the caller writes anything
+    if groups not in scopes:  # a group base searched itself has shown it exists
+        in_scope.confirm_base()  # before the caller writes anything
 
 
 _LIVE_KEY = "adldap_auth:live-graph"
