@@ -24,7 +24,7 @@ Stop it with SIGTERM or SIGINT (``manage.py syncldap watch``) or ``options.stop.
 stops between batches. A lost lock or settings with errors end it.
 """
 
-from .history import BatchHistory, changed_anything
+from .history import BatchHistory, changed_anything, counts_text
 from .loop import FATAL_ERRORS, Watcher, WatchOptions, WatchSummary, watch
 
 __all__ = [
@@ -34,5 +34,6 @@ __all__ = [
     "WatchSummary",
     "Watcher",
     "changed_anything",
+    "counts_text",
     "watch",
 ]

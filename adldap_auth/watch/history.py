@@ -26,6 +26,14 @@ def changed_anything(result: SyncResult) -> bool:
     return any(v for k, v in result.counts.items() if k.endswith(CHANGE_SUFFIXES))
 
 
+def counts_text(result: SyncResult) -> str:
+    """A batch's non-zero counts in one line (``users_updated=2, ...``), the feed's own
+    bookkeeping left out: for the watch's log and its console."""
+    return ", ".join(
+        f"{k}={v}" for k, v in sorted(result.counts.items()) if v and not k.startswith("feed_")
+    )
+
+
 class BatchHistory:
     """Folds a watch's quiet batches into one record (see the module docstring)."""
 

@@ -22,7 +22,7 @@ from ..sync.feed import feed_scope
 from ..tracking import CONTENT_SYNC, FEED_SCOPES
 from . import database
 from .doorbells import Clock, Doorbell, PersistentSearch
-from .history import BatchHistory, changed_anything
+from .history import BatchHistory, changed_anything, counts_text
 
 logger = logging.getLogger("adldap_auth.watch")
 
@@ -159,7 +159,7 @@ class Watcher:
             summary.failed += 1
         elif changed_anything(result):
             summary.changed += 1
-            logger.info("watch batch %s: %s", result.run_id, _counts_line(result))
+            logger.info("watch batch %s: %s", result.run_id, counts_text(result))
         self.history.add(result)
         if self.options.on_batch:
             self.options.on_batch(result)
@@ -234,8 +234,3 @@ def _seconds_to_next_full(full_interval: float) -> float:
         return 0.0
     due = last + timedelta(seconds=full_interval)
     return max(0.0, (due - timezone.now()).total_seconds())
-
-
-def _counts_line(result: SyncResult) -> str:
-    counts = {k: v for k, v in result.counts.items() if v and not k.startswith("feed_")}
-    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(counts.items()))

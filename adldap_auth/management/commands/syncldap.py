@@ -27,7 +27,7 @@ from adldap_auth.conf import ConfigError, get_config
 from adldap_auth.history import sync_status
 from adldap_auth.locking import LockHeld
 from adldap_auth.sync import SyncOptions, SyncResult, run_sync
-from adldap_auth.watch import WatchOptions, WatchSummary, changed_anything, watch
+from adldap_auth.watch import WatchOptions, WatchSummary, changed_anything, counts_text, watch
 
 #: Exit status when another run holds the lock.
 EXIT_LOCKED = 3
@@ -216,9 +216,7 @@ class Command(BaseCommand):
     def _print_batch(self, result: SyncResult, verbosity: int) -> None:
         if verbosity == 0 or not (changed_anything(result) or verbosity >= 2):
             return
-        counts = ", ".join(
-            f"{k}={v}" for k, v in sorted(result.counts.items()) if v and not k.startswith("feed_")
-        )
+        counts = counts_text(result)
         line = f"{result.mode} batch #{result.run_id}: {result.status}"
         line += f" ({result.error})" if result.error else f", {counts or 'nothing changed'}"
         self.stdout.write(f"{line}, {result.seconds:.2f} s")
