@@ -29,7 +29,7 @@ from ldap.syncrepl import SyncInfoMessage, SyncRequestControl
 from pyasn1.error import PyAsn1Error
 
 from ..directory import DirectoryError
-from ..directory.connection import DirectorySession, connection_config
+from ..directory.connection import DirectorySession
 
 logger = logging.getLogger("adldap_auth.watch")
 
@@ -38,6 +38,8 @@ POLL_SECONDS = 0.5
 
 
 class Doorbell(Protocol):
+    broken: bool  # its connection failed: not to be used again
+
     def wait(self, seconds: float, stop: threading.Event, tick: Callable[[], None]) -> bool:
         """Wait up to ``seconds``; True when a change is known to wait (ring), False when the
         time ran out or ``stop`` was set. ``tick()`` is called at least every
@@ -48,6 +50,8 @@ class Doorbell(Protocol):
 
 class Clock:
     """Rings never: the next batch comes when the interval ends."""
+
+    broken = False
 
     def wait(self, seconds: float, stop: threading.Event, tick: Callable[[], None]) -> bool:
         deadline = time.monotonic() + seconds
@@ -64,6 +68,9 @@ class PersistentSearch:
     """Persistent Content Synchronization searches that ring at the first change in scope.
 
     ``scopes`` are (base, filter, cookie) triples, the cookies those the last batch stored.
+    The searches run on ``session``, which the watch keeps from batch to batch (one connection
+    and bind, not one per batch): :meth:`close` abandons them and leaves the session open,
+    unless the connection broke (:attr:`broken`), which the watch then closes.
     With ``after_refresh_only``, entries the server sends in the refresh phase (changed since
     those cookies, before the search started) do not ring: the watch asks for it after a
     batch that a ring started found nothing, so a server whose cookie lags behind its last
@@ -74,12 +81,13 @@ class PersistentSearch:
     def __init__(
         self,
         scopes: list[tuple[str, str, str]],
+        session: DirectorySession,
         *,
         after_refresh_only: bool = False,
-        session: DirectorySession | None = None,
     ) -> None:
-        self.session = session or DirectorySession.open(connection_config())
+        self.session = session
         self.after_refresh_only = after_refresh_only
+        self.broken = False  # the connection failed: the session is of no further use
         self.persisting: dict[int, bool] = {}  # msgid -> refresh phase over
         conn = self.session.connection
         try:
@@ -94,6 +102,7 @@ class PersistentSearch:
                 self.persisting[msgid] = False
         except ldap.LDAPError as error:
             self.close()
+            self.broken = True
             raise DirectoryError(f"{self.session.uri}: persistent search failed: {error}") from None
 
     def wait(self, seconds: float, stop: threading.Event, tick: Callable[[], None]) -> bool:
@@ -111,13 +120,14 @@ class PersistentSearch:
                 )
             except ldap.TIMEOUT:
                 continue
-            except ldap.LDAPError as error:
+            except (ldap.LDAPError, PyAsn1Error) as error:
                 # The server ended the search (e-syncRefreshRequired, a restart, a dropped
                 # connection): a batch finds out what it means.
                 logger.info("%s: persistent search ended: %s", self.session.uri, error)
+                self.broken = True
                 return True
-            except PyAsn1Error:
-                return True
+            if msgid not in self.persisting:
+                continue  # a late message of a search abandoned on this session
             if self._rings(kind, messages, msgid):
                 return True
         return False
@@ -143,9 +153,9 @@ class PersistentSearch:
         return False
 
     def close(self) -> None:
+        """Abandon the searches; the session stays open."""
         conn = self.session.connection
         for msgid in self.persisting:
             with contextlib.suppress(ldap.LDAPError):
                 conn.abandon(msgid)
         self.persisting = {}
-        self.session.close()

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from ..conf import ConfigError, get_config
 from ..directory import DirectoryError
+from ..directory.connection import DirectorySession, connection_config
 from ..locking import LockLost, RunLock, run_lock
 from ..mapping import build_mapping_config
 from ..models import SyncMarker, SyncRun
@@ -101,6 +102,7 @@ class Watcher:
         self.summary = WatchSummary()
         self.history = BatchHistory()
         self.doorbell: Doorbell = Clock()
+        self.listener: DirectorySession | None = None  # the persistent searches' connection
         self.backoff = 0.0
         self.last_wait_rang = False  # the doorbell, not the clock, started the last batch
         self.lock_checked = time.monotonic()
@@ -123,7 +125,7 @@ class Watcher:
                     reason = "LockLost"
                     break
         finally:
-            self.doorbell.close()
+            self._close_doorbell(keep_listener=False)
         self.summary.stopped_by = reason
         logger.info("watch stopped (%s) after %d batches", reason, self.summary.batches)
         return self.summary
@@ -169,21 +171,30 @@ class Watcher:
         """Until the next batch: the back-off after a failure, else the doorbell."""
         tick = self._check_lock
         if not result.ok:
-            self.doorbell.close()
-            self.doorbell = Clock()
+            self._close_doorbell(keep_listener=False)  # the server may be gone
             self.backoff = min(MAX_BACKOFF, max(FIRST_BACKOFF, self.backoff * 2))
             logger.warning(
                 "watch batch failed (%s); next try in %.0f s", result.error, self.backoff
             )
-            Clock().wait(self._bounded(self.backoff), self.options.stop, tick)
+            self.doorbell.wait(self._bounded(self.backoff), self.options.stop, tick)
             return
         self.backoff = 0.0
-        self.doorbell.close()
+        self._close_doorbell(keep_listener=True)
         rung_for_nothing = result.counts.get("feed_unchanged") and self.last_wait_rang
         self.doorbell = self._doorbell(result, after_refresh_only=bool(rung_for_nothing))
         self.last_wait_rang = self.doorbell.wait(
             self._bounded(self.interval), self.options.stop, tick
         )
+
+    def _close_doorbell(self, *, keep_listener: bool) -> None:
+        """Stop waiting on the doorbell; close its connection too unless it may serve the
+        next one (still sound and ``keep_listener``)."""
+        self.doorbell.close()
+        broken = self.doorbell.broken
+        self.doorbell = Clock()
+        if self.listener is not None and (broken or not keep_listener):
+            self.listener.close()
+            self.listener = None
 
     def _check_lock(self) -> None:
         """While waiting: the lock's check and heartbeat, every LOCK_CHECK_SECONDS."""
@@ -209,8 +220,13 @@ class Watcher:
         scopes = [FEED_SCOPES[0]] + ([FEED_SCOPES[1]] if settings.GROUP else [])
         searches = [(*feed_scope(s, settings, mapping), cookies[s]) for s in scopes]
         try:
-            return PersistentSearch(searches, after_refresh_only=after_refresh_only)
+            if self.listener is None:
+                self.listener = DirectorySession.open(connection_config())
+            return PersistentSearch(searches, self.listener, after_refresh_only=after_refresh_only)
         except DirectoryError as error:
+            if self.listener is not None:
+                self.listener.close()
+                self.listener = None
             logger.warning(
                 "watch: no persistent search (%s); looking every %.1f s", error, self.interval
             )

@@ -298,3 +298,23 @@ def test_a_database_that_fails_between_batches_costs_one_failed_batch(make_slapd
         summary = watch(WatchOptions(interval=0.05, max_batches=3))
     assert summary.failed == 1 and summary.stopped_by == "max_batches", summary
     assert summary.last.ok and summary.last.mode == "incremental"
+
+
+def test_the_persistent_searches_keep_one_connection_from_batch_to_batch(make_slapd, monkeypatch):
+    """Each batch opens its own session; the doorbell's connection (a connect and a bind, a
+    TLS handshake on a real site) is opened once, not after every batch."""
+    from adldap_auth.directory.connection import DirectorySession
+
+    server = make_slapd(spec=synthetic(users=20, groups=3, seed=11), overlays=FEED_OVERLAYS)
+    opened = []
+    original = DirectorySession.open.__func__
+
+    def counting_open(cls, config):
+        opened.append(config)
+        return original(cls, config)
+
+    monkeypatch.setattr(DirectorySession, "open", classmethod(counting_open))
+    with override_settings(**feed_settings(server)):
+        summary = watch(WatchOptions(interval=0.2, max_batches=5))
+    assert summary.batches == 5 and summary.failed == 0
+    assert len(opened) == 5 + 1, len(opened)  # the batches', and one for the doorbell
