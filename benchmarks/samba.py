@@ -19,6 +19,7 @@ which the server itself names.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,25 +162,37 @@ def run_samba(
     runner = harness.Runner(workdir, options.verbose, options.profile)
     rows: list[harness.Row] = []
     say(f"{label}: waiting for the Samba lab lock {samba.LOCK_FILE} ...")
+    try:
+        with lab_dc(spec, options.out, say) as dc:
+            rows = _measure(dc, spec, new_spec, titled, membership_ops, runner, label, options,
+                            workdir, size, alt_python)  # fmt: skip
+            if options.alternatives and alt_python is None:
+                rows.append(harness.Row(label, "alternatives", notes=f"skipped: {alt_note}"))
+    finally:
+        if not options.keep:
+            for path in workdir.glob("*.sqlite3"):
+                path.unlink()
+            shutil.rmtree(workdir / "media", ignore_errors=True)
+    return rows
+
+
+@contextlib.contextmanager
+def lab_dc(spec: Any, out: Path, say) -> Iterator[Any]:
+    """A running DC of the lab loaded with ``spec`` (from the template under ``out``, built
+    once), holding the lab lock; stopped and removed at the end."""
+    from tests.lab import samba
+
     with samba.lab_lock(notify=say):
-        template = template_for(spec, options.out, say)
+        template = template_for(spec, out, say)
         samba.clear_ports()
         run_dir = Path(tempfile.mkdtemp(prefix=samba.RUN_PREFIX, dir=samba.RUN_PARENT))
         dc = samba.SambaDC(spec, template, run_dir)
         try:
             dc._copy_template()
             dc.start()
-            rows = _measure(dc, spec, new_spec, titled, membership_ops, runner, label, options,
-                            workdir, size, alt_python)  # fmt: skip
-            if options.alternatives and alt_python is None:
-                rows.append(harness.Row(label, "alternatives", notes=f"skipped: {alt_note}"))
+            yield dc
         finally:
             dc.close()
-            if not options.keep:
-                for path in workdir.glob("*.sqlite3"):
-                    path.unlink()
-                shutil.rmtree(workdir / "media", ignore_errors=True)
-    return rows
 
 
 def _measure(

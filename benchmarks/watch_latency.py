@@ -236,36 +236,25 @@ def measure(args: argparse.Namespace) -> Figures:
 
 
 def _on_samba(args: argparse.Namespace, workdir: Path) -> Figures:
-    from benchmarks.samba import samba_spec, template_for
+    from benchmarks.samba import lab_dc, samba_spec
     from tests.helpers import samba_settings
-    from tests.lab import samba
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    spec = samba_spec(args.users, args.groups, 0)
-    with samba.lab_lock(notify=say):
-        out = REPO / "benchmarks" / "out"
-        out.mkdir(parents=True, exist_ok=True)
-        template = template_for(spec, out, say)
-        samba.clear_ports()
-        run_dir = Path(tempfile.mkdtemp(prefix=samba.RUN_PREFIX, dir=samba.RUN_PARENT))
-        dc = samba.SambaDC(spec, template, run_dir)
-        try:
-            dc._copy_template()
-            dc.start()
-            dc.grant_replication_right(dc.reader_dn)
-            dc.grant_deleted_objects(dc.reader_dn)
-            dc.add_tombstone()
-            values = samba_settings(
-                dc,
-                LDAP_SYNC_CHANGE_TRACKING="dirsync",
-                LDAP_SYNC_USER_SEARCH=dc.lab_dn,
-                LDAP_SYNC_RANGE_SIZE=1500,
-            )
-            return follow(dc, values, args, workdir)
-        finally:
-            dc.close()
+    out = REPO / "benchmarks" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    with lab_dc(samba_spec(args.users, args.groups, 0), out, say) as dc:
+        dc.grant_replication_right(dc.reader_dn)
+        dc.grant_deleted_objects(dc.reader_dn)
+        dc.add_tombstone()
+        values = samba_settings(
+            dc,
+            LDAP_SYNC_CHANGE_TRACKING="dirsync",
+            LDAP_SYNC_USER_SEARCH=dc.lab_dn,
+            LDAP_SYNC_RANGE_SIZE=1500,
+        )
+        return follow(dc, values, args, workdir)
 
 
 def follow(server: Any, values: dict, args: argparse.Namespace, workdir: Path) -> Figures:
